@@ -1,0 +1,140 @@
+"""MediaPipe FaceMesh landmarks (478 points, 3D) in input-pixel coordinates.
+
+Wraps MediaPipe's legacy ``FaceMesh`` solution (Kartynnik et al., "Real-time Facial Surface Geometry
+from Monocular Video on Mobile GPUs", CVPR-W 2019; attention/iris refinement, Grishchenko et al. 2020).
+Its BlazeFace detector and landmark models ship inside the ``mediapipe`` wheel, so this works offline.
+
+Small, tightly cropped faces (FER2013 and CK+48 are 48x48) are hard for the detector: the image is
+upsampled so that its short side is at least ``min_side`` pixels and padded with a black border
+(``pad`` x short side on each side) so that the face does not fill the whole frame. If no face is
+found, a second attempt with a wider border and a lower detection confidence is made. Landmarks are
+mapped back to the pixels of the image that was passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+NUM_LANDMARKS = 478
+"""468 face-mesh points + 10 iris points (468-472 one iris centre + 4 contour, 473-477 the other)."""
+
+
+@dataclass(frozen=True)
+class DetectionAttempt:
+    """One detection try: border width (fraction of the upsampled short side) and detector confidence."""
+
+    pad: float
+    min_detection_confidence: float
+
+
+DEFAULT_ATTEMPTS: tuple[DetectionAttempt, ...] = (
+    DetectionAttempt(pad=0.25, min_detection_confidence=0.5),
+    DetectionAttempt(pad=0.5, min_detection_confidence=0.2),
+)
+
+
+class FaceLandmarker:
+    """478 MediaPipe FaceMesh landmarks of the most prominent face in an RGB image.
+
+    Args:
+        min_side: images whose short side is below this are upsampled (bilinear) to it before
+            detection; 192 px is the input size of the FaceMesh landmark model.
+        attempts: detection tries, in order, until one finds a face (see ``DEFAULT_ATTEMPTS``).
+        min_tracking_confidence: unused in static mode, kept at MediaPipe's default.
+
+    One instance holds one FaceMesh graph per distinct detector confidence; create one per process
+    (it is not safe to share between threads) and reuse it. Use ``close()`` or a ``with`` block to
+    free the graphs.
+    """
+
+    def __init__(
+        self,
+        min_side: int = 192,
+        attempts: tuple[DetectionAttempt, ...] = DEFAULT_ATTEMPTS,
+    ) -> None:
+        if min_side < 1:
+            raise ValueError(f"min_side must be positive, got {min_side}")
+        if not attempts:
+            raise ValueError("attempts must not be empty")
+        self.min_side = int(min_side)
+        self.attempts = tuple(attempts)
+        self._meshes: dict[float, object] = {}
+
+    def _mesh(self, confidence: float):
+        mesh = self._meshes.get(confidence)
+        if mesh is None:
+            from mediapipe.python.solutions import face_mesh
+
+            mesh = face_mesh.FaceMesh(
+                static_image_mode=True,
+                max_num_faces=1,
+                refine_landmarks=True,
+                min_detection_confidence=confidence,
+            )
+            self._meshes[confidence] = mesh
+        return mesh
+
+    def detect(self, image_rgb: np.ndarray) -> np.ndarray | None:
+        """Landmarks of one face.
+
+        Args:
+            image_rgb: uint8 [H, W, 3] RGB image (any size).
+
+        Returns:
+            float32 [478, 3]: x, y in continuous pixel coordinates of ``image_rgb`` (x right, y
+            down, the image spans [0, W] x [0, H]: MediaPipe's normalised coordinates times the image
+            size); z in the same pixel scale, relative to the head centre, MediaPipe's sign
+            (smaller z = closer to the camera). ``None`` when no face is found.
+
+        Raises:
+            ValueError: when ``image_rgb`` is not a uint8 [H, W, 3] array.
+        """
+        if not (isinstance(image_rgb, np.ndarray) and image_rgb.dtype == np.uint8 and image_rgb.ndim == 3
+                and image_rgb.shape[2] == 3):
+            shape = getattr(image_rgb, "shape", None)
+            dtype = getattr(image_rgb, "dtype", type(image_rgb).__name__)
+            raise ValueError(f"detect expects a uint8 [H,W,3] RGB array, got shape {shape} dtype {dtype}")
+        h, w = image_rgb.shape[:2]
+        scale = max(1.0, self.min_side / min(h, w))
+        if scale > 1.0:
+            work = cv2.resize(image_rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
+        else:
+            work = image_rgb
+        sx = work.shape[1] / w
+        sy = work.shape[0] / h
+        short = min(work.shape[:2])
+        for attempt in self.attempts:
+            border = int(round(attempt.pad * short))
+            padded = work
+            if border > 0:
+                padded = cv2.copyMakeBorder(work, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
+            result = self._mesh(attempt.min_detection_confidence).process(np.ascontiguousarray(padded))
+            faces = result.multi_face_landmarks
+            if not faces:
+                continue
+            pw, ph = padded.shape[1], padded.shape[0]
+            pts = np.array([(p.x, p.y, p.z) for p in faces[0].landmark], dtype=np.float64)
+            if pts.shape != (NUM_LANDMARKS, 3):
+                raise RuntimeError(f"FaceMesh returned {pts.shape[0]} landmarks, expected {NUM_LANDMARKS}")
+            out = np.empty_like(pts)
+            out[:, 0] = (pts[:, 0] * pw - border) / sx
+            out[:, 1] = (pts[:, 1] * ph - border) / sy
+            # MediaPipe's z uses the x scale of the (padded) image it saw.
+            out[:, 2] = pts[:, 2] * pw / sx
+            return out.astype(np.float32)
+        return None
+
+    def close(self) -> None:
+        """Free the MediaPipe graphs (the instance can be used again afterwards; graphs are re-created)."""
+        for mesh in self._meshes.values():
+            mesh.close()
+        self._meshes.clear()
+
+    def __enter__(self) -> FaceLandmarker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
