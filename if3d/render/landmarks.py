@@ -138,3 +138,60 @@ class FaceLandmarker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def smirk_crop_matrix(landmarks: np.ndarray, out_size: int = 224, scale: float = 1.4) -> np.ndarray:
+    """SMIRK's input crop as a 2x3 affine matrix for ``cv2.warpAffine``.
+
+    SMIRK (official ``demo.py`` / ``utils``): the box of all MediaPipe landmarks, ``left, right, top,
+    bottom``; ``old_size = (right - left + bottom - top) / 2``; centre = box centre;
+    ``size = int(old_size * 1.4)``; the similarity transform mapping the square ``centre +- size/2``
+    onto ``[0, out_size - 1]^2`` (scikit-image convention: pixel centres at integers, which is also
+    OpenCV's). As SMIRK does, the landmark numbers are used as they are to build the box.
+
+    Args:
+        landmarks: float [N, 2+] landmarks in input pixels (``FaceLandmarker.detect`` output).
+        out_size: side of the crop in pixels (SMIRK: 224).
+        scale: box enlargement (SMIRK: 1.4).
+
+    Returns:
+        float64 [2, 3] matrix M for ``cv2.warpAffine(image, M, (out_size, out_size))`` (pixel-centre
+        coordinates); use ``apply_affine_continuous`` to move landmarks with it.
+
+    Raises:
+        ValueError: on an empty or degenerate landmark set.
+    """
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] < 2:
+        raise ValueError(f"landmarks must be [N,2+] with N > 0, got {pts.shape}")
+    left, top = pts[:, 0].min(), pts[:, 1].min()
+    right, bottom = pts[:, 0].max(), pts[:, 1].max()
+    old_size = (right - left + bottom - top) / 2.0
+    size = int(old_size * scale)
+    if size <= 0:
+        raise ValueError(f"degenerate landmark box ({right - left:.2f} x {bottom - top:.2f} px)")
+    cx, cy = (right + left) / 2.0, (bottom + top) / 2.0
+    s = (out_size - 1) / size
+    return np.array([[s, 0.0, -s * (cx - size / 2.0)], [0.0, s, -s * (cy - size / 2.0)]], dtype=np.float64)
+
+
+def apply_affine_continuous(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Move points given in continuous pixel coordinates (image = [0,W] x [0,H]) with a pixel-centre
+    affine matrix (OpenCV convention, as returned by ``smirk_crop_matrix``), so that they stay aligned
+    with the image warped by ``cv2.warpAffine(image, matrix, ...)``.
+
+    Args:
+        matrix: float [2, 3].
+        points: float [N, 2+]; extra columns (z) are scaled by the matrix's mean scale.
+
+    Returns:
+        float32 [N, same columns]: ``M (p - 0.5) + 0.5`` for x, y; z times ``sqrt(|det A|)``.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    p = np.asarray(points, dtype=np.float64)
+    out = p.copy()
+    xy = p[:, :2] - 0.5
+    out[:, :2] = xy @ m[:, :2].T + m[:, 2] + 0.5
+    if p.shape[1] > 2:
+        out[:, 2:] = p[:, 2:] * np.sqrt(abs(np.linalg.det(m[:, :2])))
+    return out.astype(np.float32)
