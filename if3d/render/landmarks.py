@@ -13,10 +13,14 @@ mapped back to the pixels of the image that was passed in.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+# mediapipe 0.10 calls a protobuf API deprecated in protobuf >= 4.21 on every image.
+warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated", category=UserWarning)
 
 NUM_LANDMARKS = 478
 """468 face-mesh points + 10 iris points (468-472 one iris centre + 4 contour, 473-477 the other)."""

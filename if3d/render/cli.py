@@ -1,0 +1,74 @@
+"""Command line of ``Smirk_batch_Render.py``: batch 3D render of a photo tree (``batch.render_tree``).
+
+Example::
+
+    python Smirk_batch_Render.py --input Dataset/photos --output Dataset/renders --backend mediapipe
+    python Smirk_batch_Render.py --input Dataset/photos --output Dataset/renders --backend smirk \\
+        --smirk-checkpoint pretrained/SMIRK_em1.pt --flame-model pretrained/FLAME2020/generic_model.pkl \\
+        --smirk-assets ../shared/assets/smirk
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from if3d.render.backends import BACKENDS, FRAMINGS
+
+_SMIRK_OPTIONS = {"smirk_checkpoint": "checkpoint", "flame_model": "flame_model", "smirk_assets": "assets_dir",
+                  "device": "device"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="Smirk_batch_Render.py",
+        description="Render the reconstructed 3D face of every photo under --input into a mirrored tree under "
+        "--output (<stem>.png render, <stem>.npz parameters, manifest.csv). Resumable.",
+    )
+    p.add_argument("--input", required=True, help="folder of photos (every file under it is an input)")
+    p.add_argument("--output", required=True, help="folder for renders, parameter files and manifest.csv")
+    p.add_argument("--backend", choices=BACKENDS, default="mediapipe",
+                   help="3D backend: mediapipe (offline, default) or smirk (needs the SMIRK checkpoint and FLAME)")
+    p.add_argument("--size", type=int, default=224, help="render side in pixels (default 224)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: number of CPU cores, at most 8, for mediapipe; 1 for smirk)")
+    p.add_argument("--framing", choices=FRAMINGS, default="photo",
+                   help="photo: render pixel-aligned with the photo resized to size x size (default); "
+                   "smirk-crop: SMIRK's landmark-box crop")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs that an earlier run finished")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    smirk = p.add_argument_group("SMIRK backend")
+    smirk.add_argument("--smirk-checkpoint", help="path to SMIRK_em1.pt")
+    smirk.add_argument("--flame-model", help="path to FLAME 2020 generic_model.pkl")
+    smirk.add_argument("--smirk-assets", help="folder with SMIRK's assets (FLAME_masks.pkl, head_template.obj, ...)")
+    smirk.add_argument("--device", help="torch device for SMIRK, e.g. cuda or cpu (default: the backend's choice)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the batch render; returns the process exit code (0 done, 2 bad arguments or setup)."""
+    from if3d.render.batch import render_tree
+
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    backend_kwargs = {key: getattr(args, opt) for opt, key in _SMIRK_OPTIONS.items() if getattr(args, opt) is not None}
+    if args.backend != "smirk" and backend_kwargs:
+        parser.error(f"--{', --'.join(k.replace('_', '-') for k in _SMIRK_OPTIONS if getattr(args, k) is not None)} "
+                     "only apply to --backend smirk")
+    if args.size < 1:
+        parser.error(f"--size must be positive, got {args.size}")
+    workers = args.workers
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if args.backend == "mediapipe" else 1
+    try:
+        summary = render_tree(
+            args.input, args.output, backend=args.backend, size=args.size, workers=workers,
+            framing=args.framing, overwrite=args.overwrite, backend_kwargs=backend_kwargs,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"Smirk_batch_Render.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
