@@ -19,9 +19,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# mediapipe 0.10 calls a protobuf API deprecated in protobuf >= 4.21 on every image.
-warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated", category=UserWarning)
-
 NUM_LANDMARKS = 478
 """468 face-mesh points + 10 iris points (468-472 one iris centre + 4 contour, 473-477 the other)."""
 
@@ -115,7 +112,11 @@ class FaceLandmarker:
             padded = work
             if border > 0:
                 padded = cv2.copyMakeBorder(work, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
-            result = self._mesh(attempt.min_detection_confidence).process(np.ascontiguousarray(padded))
+            mesh = self._mesh(attempt.min_detection_confidence)
+            with warnings.catch_warnings():
+                # mediapipe 0.10 calls a protobuf API deprecated in protobuf >= 4.21 on every image.
+                warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
+                result = mesh.process(np.ascontiguousarray(padded))
             faces = result.multi_face_landmarks
             if not faces:
                 continue
