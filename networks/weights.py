@@ -1,0 +1,579 @@
+"""Loading weights of every supported format into the toolkit's models, checked key by key.
+
+One entry point, :func:`load_weights`, recognises the format of a file:
+
+``"mfn_module"``
+    A whole pickled original ``networks.MixedFeatureNet.MixedFeatureNet`` module, saved with
+    ``torch.save(module)``: DDAMFN's MS-Celeb-1M backbone ``pretrained/MFN_msceleb.pth``. Such a file
+    can only be read by unpickling, which normally may run arbitrary code. It is read here with a
+    restricted unpickler (:class:`RestrictedUnpickler`, passed to ``torch.load`` as its
+    ``pickle_module``) whose ``find_class`` resolves only an explicit allow-list: the original
+    ``networks.MixedFeatureNet.*`` (and ``networks.DDAM.*``) class names and the ``torch.nn`` module
+    classes they contain, each mapped onto an inert stand-in that only stores its pickled state,
+    plus the torch functions that rebuild tensors (``torch._utils._rebuild_tensor_v2``,
+    ``_rebuild_tensor``, ``_rebuild_parameter``), ``collections.OrderedDict`` and ``set``. Any other
+    global is refused with :class:`UnsafePickleError` naming it (``module.name``) before it is
+    called. Storage classes (``torch.FloatStorage`` …) are resolved by ``torch.load`` itself.
+    The stand-in tree is flattened into a state dict with the original key names
+    (``_parameters`` and persistent ``_buffers`` of each ``_modules`` entry).
+``"ddamfn"``
+    DDAMFN training checkpoints ``{'iter', 'model_state_dict', 'optimizer_state_dict'}`` (a
+    ``module.`` DataParallel prefix is stripped); also a bare ``DDAMNet`` state dict.
+``"if3d"``
+    If3D checkpoints ``{'model_state_dict': ...}`` whose keys include the fusion MLP (``fc1``,
+    ``output``) or the two-backbone names (``orig_features``, ``smirk_features``, ``Smirk_Linear``).
+``"if3d-toolkit"``
+    Our own checkpoints ``{'format': 'if3d-toolkit', 'model': state_dict, 'model_name',
+    'model_kwargs', ...}`` (written by ``if3d.checkpoint``).
+``"state_dict"``
+    A bare state dict with this toolkit's own key names.
+
+Every file except the whole-module pickle is read with ``torch.load(weights_only=True)`` (the
+foreign checkpoints hold only tensors, dicts, ints and floats; numpy scalars are also accepted);
+the restricted unpickler is used only when that refuses a global. Foreign layouts are translated
+by the model's ``remap_state_dict(state_dict, source)`` (protocol in docs/INTERFACES.md), then
+checked strictly within the prefixes it names: missing keys, unexpected keys and shape mismatches
+are all collected in a :class:`LoadReport`; with ``strict=True`` any of them raises
+:class:`WeightLoadError` before the model is touched. Nothing is ignored silently: keys a remap
+leaves out on purpose (e.g. MixedFeatureNet's face-recognition embedding head, which DDAMFN drops)
+are listed in ``LoadReport.discarded``. Optimizer states of foreign checkpoints are not restored.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import types
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointFormatError",
+    "LoadReport",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
+    "WeightLoadError",
+    "build_model_from_checkpoint",
+    "load_state_dict_checked",
+    "load_weights",
+    "read_checkpoint",
+]
+
+#: sources that need no remapping (keys are this toolkit's own)
+NATIVE_SOURCES = ("if3d-toolkit", "state_dict")
+_IF3D_TOP_KEYS = {"fc1", "output", "orig_features", "smirk_features", "Smirk_Linear"}
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and report
+# --------------------------------------------------------------------------------------------
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle refers to a global outside the allow-list; nothing of it was called.
+
+    Attributes:
+        global_name: the refused global as ``"module.name"`` (e.g. ``"posix.system"``).
+        path: the file, when known.
+    """
+
+    def __init__(self, global_name: str, path: str | None = None) -> None:
+        self.global_name = global_name
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(
+            f"{where}refusing to unpickle global {global_name!r}: it is not in the allow-list of "
+            "networks.weights (original networks.MixedFeatureNet / networks.DDAM classes, torch.nn "
+            "module classes and torch tensor rebuilders). The file may be malicious or not a "
+            "supported checkpoint."
+        )
+
+
+class CheckpointFormatError(ValueError):
+    """The file is not a readable checkpoint of a supported format (the message names the file)."""
+
+
+@dataclass
+class LoadReport:
+    """Outcome of loading a state dict into a model, key by key.
+
+    Attributes:
+        path: the file (``None`` for an in-memory state dict).
+        source: detected format (see the module docstring).
+        model: class name of the target model.
+        prefixes: model key prefixes the weights were meant to fill (``None`` = whole model).
+        loaded: model keys that received a tensor.
+        missing: model keys within ``prefixes`` that the file lacks.
+        unexpected: keys (after remapping) that the model does not have.
+        shape_mismatch: ``(key, shape in file, shape in model)`` for keys present in both.
+        discarded: source keys the remap leaves out on purpose (documented by the model).
+        metadata: non-weight facts of the file (``iter``, ``model_name``, ``model_kwargs`` …).
+    """
+
+    path: str | None
+    source: str
+    model: str
+    prefixes: tuple[str, ...] | None
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    discarded: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is missing, unexpected or of the wrong shape."""
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def __str__(self) -> str:
+        scope = "whole model" if self.prefixes is None else ", ".join(self.prefixes)
+        lines = [
+            f"weights {self.path or '<state dict>'} (source {self.source}) → {self.model} [{scope}]: "
+            f"{len(self.loaded)} tensors loaded, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.shape_mismatch)} wrong shape, "
+            f"{len(self.discarded)} discarded by the remap"
+        ]
+        for key in self.missing:
+            lines.append(f"  missing:     {key}")
+        for key in self.unexpected:
+            lines.append(f"  unexpected:  {key}")
+        for key, got, want in self.shape_mismatch:
+            lines.append(f"  wrong shape: {key}: file {list(got)} vs model {list(want)}")
+        return "\n".join(lines)
+
+
+class WeightLoadError(RuntimeError):
+    """Strict loading found missing, unexpected or wrongly shaped keys; the model was not modified.
+
+    Attributes:
+        report: the :class:`LoadReport` naming each offending key.
+    """
+
+    def __init__(self, report: LoadReport) -> None:
+        self.report = report
+        super().__init__(str(report))
+
+
+# --------------------------------------------------------------------------------------------
+# Restricted unpickling of whole pickled modules
+# --------------------------------------------------------------------------------------------
+class _InertModule:
+    """Stand-in for a pickled ``nn.Module``: keeps the pickled ``__dict__``, runs no code of its own."""
+
+    _pickled_global = "?"
+    dump_patches = False  # read by torch's legacy loader; never write source patches
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._state: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = state[0]
+        if not isinstance(state, dict):
+            raise CheckpointFormatError(f"pickled {self._pickled_global} has a non-dict state")
+        self._state = state
+
+    def __repr__(self) -> str:
+        return f"<inert {self._pickled_global}>"
+
+
+_ORIGINAL_MODULE_CLASSES = {
+    "networks.MixedFeatureNet": (
+        "MixedFeatureNet",
+        "Conv_block",
+        "Linear_block",
+        "Depth_Wise",
+        "Mix_Depth_Wise",
+        "Residual",
+        "Mix_Residual",
+        "MDConv",
+        "CoordAtt",
+        "h_sigmoid",
+        "h_swish",
+        "Swish",
+        "swish",
+        "Flatten",
+        "GDC",
+    ),
+    "networks.DDAM": ("DDAMNet", "CoordAttHead", "CoordAtt", "Linear_block", "Flatten", "h_sigmoid", "h_swish"),
+    "torch.nn.modules.conv": ("Conv2d",),
+    "torch.nn.modules.batchnorm": ("BatchNorm1d", "BatchNorm2d"),
+    "torch.nn.modules.activation": ("PReLU", "ReLU", "ReLU6", "Sigmoid", "Hardswish", "Hardsigmoid"),
+    "torch.nn.modules.linear": ("Linear", "Identity"),
+    "torch.nn.modules.container": ("Sequential", "ModuleList"),
+    "torch.nn.modules.pooling": ("AdaptiveAvgPool2d",),
+    "torch.nn.modules.flatten": ("Flatten",),
+    "torch.nn.modules.dropout": ("Dropout",),
+}
+_STAND_INS: dict[str, type] = {
+    f"{mod}.{name}": type(name, (_InertModule,), {"_pickled_global": f"{mod}.{name}"})
+    for mod, names in _ORIGINAL_MODULE_CLASSES.items()
+    for name in names
+}
+_ALLOWED_CALLABLES: dict[str, Any] = {
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+    "collections.OrderedDict": collections.OrderedDict,
+    "builtins.set": set,
+    "__builtin__.set": set,
+}
+#: the root classes of a whole-module pickle that :func:`read_checkpoint` accepts → source
+_MODULE_ROOTS = {
+    "networks.MixedFeatureNet.MixedFeatureNet": "mfn_module",
+    "networks.DDAM.DDAMNet": "ddamfn",
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose ``find_class`` resolves only the allow-list of this module.
+
+    Original module classes become inert stand-ins (:class:`_InertModule` subclasses); the tensor
+    rebuilders, ``OrderedDict`` and ``set`` resolve to themselves; anything else raises
+    :class:`UnsafePickleError` naming ``module.name``. Use through :func:`read_checkpoint` (torch
+    adds the persistent-id handling of storages around it).
+    """
+
+    path: str | None = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = f"{module}.{name}"
+        if key in _STAND_INS:
+            return _STAND_INS[key]
+        if key in _ALLOWED_CALLABLES:
+            return _ALLOWED_CALLABLES[key]
+        raise UnsafePickleError(key, self.path)
+
+
+def _restricted_pickle_module(path: str) -> types.ModuleType:
+    """A ``pickle``-like module for ``torch.load(pickle_module=...)`` that unpickles restrictedly."""
+
+    class _Unpickler(RestrictedUnpickler):
+        pass
+
+    _Unpickler.path = path
+    module = types.ModuleType("networks.weights.restricted_pickle")
+    module.Unpickler = _Unpickler  # type: ignore[attr-defined]
+    module.load = lambda file, **kw: _Unpickler(file, **kw).load()  # type: ignore[attr-defined]
+    module.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
+    return module
+
+
+def _flatten_module_tree(root: _InertModule, path: str) -> dict[str, Tensor]:
+    """State dict (original key names) of an inert pickled module tree."""
+    out: dict[str, Tensor] = {}
+
+    def visit(node: Any, prefix: str) -> None:
+        if not isinstance(node, _InertModule):
+            raise CheckpointFormatError(f"{path}: {prefix or 'root'} is not a module (got {type(node).__name__})")
+        state = node._state
+        params = state.get("_parameters", {})
+        buffers = state.get("_buffers", {})
+        non_persistent = state.get("_non_persistent_buffers_set", set())
+        for kind, entries in (("parameter", params), ("buffer", buffers)):
+            for name, value in entries.items():
+                if value is None or (kind == "buffer" and name in non_persistent):
+                    continue
+                if not isinstance(value, Tensor):
+                    raise CheckpointFormatError(f"{path}: {kind} {prefix}{name} is not a tensor")
+                out[prefix + name] = value.detach()
+        for name, child in state.get("_modules", {}).items():
+            if child is not None:
+                visit(child, f"{prefix}{name}.")
+
+    visit(root, "")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and classifying checkpoint files
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A checkpoint file read into memory and classified.
+
+    Attributes:
+        path: the file.
+        source: detected format (see the module docstring).
+        state_dict: tensors with the file's own key names (``module.`` prefix stripped).
+        metadata: non-weight entries (``iter``, ``model_name``, ``model_kwargs``, ``format_version``,
+            ``class_names`` … whatever the format provides; optimizer states are left out).
+    """
+
+    path: str
+    source: str
+    state_dict: dict[str, Tensor]
+    metadata: dict[str, Any]
+
+
+def _numpy_safe_globals() -> list[Any]:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency of torch here
+        return []
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+
+
+def _strip_module_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module.") :]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def _check_tensors(sd: Mapping[str, Any], path: str, what: str) -> dict[str, Tensor]:
+    for key, value in sd.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointFormatError(f"{path}: {what} entry {key!r} is {type(value).__name__}, not a tensor")
+    return dict(sd)
+
+
+def _source_of_state_dict(sd: Mapping[str, Tensor]) -> str:
+    tops = {k.split(".", 1)[0] for k in sd}
+    if tops & _IF3D_TOP_KEYS:
+        return "if3d"
+    if "features" in tops and any(t.startswith("cat_head") for t in tops):
+        return "ddamfn"
+    if {"conv1", "conv_23", "conv_6_sep"} <= tops:
+        return "mfn_module"
+    return "state_dict"
+
+
+def _classify(obj: Any, path: str) -> Checkpoint:
+    if isinstance(obj, _InertModule):
+        root = obj._pickled_global
+        if root not in _MODULE_ROOTS:
+            raise CheckpointFormatError(
+                f"{path}: a whole pickled {root} module is not a supported checkpoint "
+                f"(supported roots: {', '.join(_MODULE_ROOTS)})"
+            )
+        return Checkpoint(path, _MODULE_ROOTS[root], _flatten_module_tree(obj, path), {"pickled_class": root})
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(f"{path}: expected a dict checkpoint or a pickled module, got {type(obj).__name__}")
+    if obj.get("format") == "if3d-toolkit":
+        if "model" not in obj:
+            raise CheckpointFormatError(f"{path}: if3d-toolkit checkpoint without a 'model' entry")
+        meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
+        return Checkpoint(path, "if3d-toolkit", _check_tensors(obj["model"], path, "model"), meta)
+    for container in ("model_state_dict", "state_dict"):
+        if container in obj and isinstance(obj[container], Mapping):
+            sd = _check_tensors(_strip_module_prefix(obj[container]), path, container)
+            meta = {
+                k: v
+                for k, v in obj.items()
+                if k != container and not k.startswith("optimizer") and isinstance(v, int | float | str)
+            }
+            source = _source_of_state_dict(sd)
+            if container == "model_state_dict" and source == "state_dict":
+                source = "ddamfn"  # DDAMFN's training format; its keys are checked by the remap
+            return Checkpoint(path, source, sd, meta)
+    if obj and all(isinstance(v, Tensor) for v in obj.values()):
+        sd = _check_tensors(_strip_module_prefix(obj), path, "state dict")
+        return Checkpoint(path, _source_of_state_dict(sd), sd, {})
+    raise CheckpointFormatError(
+        f"{path}: unrecognised checkpoint layout (top-level keys: {', '.join(map(str, list(obj)[:12]))}); "
+        "expected a DDAMFN/If3D {'model_state_dict': ...}, an if3d-toolkit checkpoint, a state dict "
+        "or a pickled MixedFeatureNet module"
+    )
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
+    """Read and classify a checkpoint file without touching any model.
+
+    Args:
+        path: the file.
+        map_location: as in :func:`torch.load`.
+
+    Returns:
+        :class:`Checkpoint` (source, state dict with the file's key names, metadata).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or is not a file.
+        UnsafePickleError: the pickle refers to a global outside the allow-list (nothing was run).
+        CheckpointFormatError: not a readable checkpoint of a supported format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    spath = str(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(spath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # globals beyond plain tensors/containers: maybe a whole pickled module; retry restricted
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's legacy loader warns about container sources
+                obj = torch.load(
+                    spath,
+                    map_location=map_location,
+                    pickle_module=_restricted_pickle_module(spath),
+                    weights_only=False,
+                )
+        except UnsafePickleError:
+            raise
+        except CheckpointFormatError:
+            raise
+        except Exception as exc:
+            raise CheckpointFormatError(
+                f"{spath}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+            ) from exc
+    except Exception as exc:
+        raise CheckpointFormatError(
+            f"{spath}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    return _classify(obj, spath)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading into models
+# --------------------------------------------------------------------------------------------
+def load_state_dict_checked(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    source: str = "state_dict",
+    strict: bool = True,
+    path: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> LoadReport:
+    """Remap ``state_dict`` from ``source`` layout and load it into ``model``, checking every key.
+
+    Args:
+        model: target model; for a foreign ``source`` it must define ``remap_state_dict``.
+        state_dict: tensors keyed by the source's names.
+        source: ``"mfn_module"``, ``"ddamfn"``, ``"if3d"`` (remapped by the model) or
+            ``"if3d-toolkit"`` / ``"state_dict"`` (our own keys, loaded as they are).
+        strict: raise on any mismatch (else load what matches and report the rest).
+        path: for messages.
+        metadata: copied into the report.
+
+    Returns:
+        :class:`LoadReport`.
+
+    Raises:
+        WeightLoadError: ``strict`` and a key is missing, unexpected or of the wrong shape (the
+            model is left unchanged).
+        CheckpointFormatError: the model cannot load this source.
+    """
+    where = path or "<state dict>"
+    if source in NATIVE_SOURCES:
+        mapped, prefixes, discarded = dict(state_dict), None, []
+    else:
+        remap = getattr(model, "remap_state_dict", None)
+        if remap is None:
+            raise CheckpointFormatError(
+                f"{where}: {type(model).__name__} has no remap_state_dict, so it cannot load {source!r} weights"
+            )
+        try:
+            result = remap(state_dict, source)
+        except ValueError as exc:
+            raise CheckpointFormatError(f"{where}: {exc}") from exc
+        mapped, prefixes = dict(result[0]), result[1]
+        discarded = list(result[2]) if len(result) > 2 else []
+    own = model.state_dict()
+    scope = None if prefixes is None else tuple(prefixes)
+    report = LoadReport(path=path, source=source, model=type(model).__name__, prefixes=scope)
+    report.discarded = discarded
+    report.metadata = dict(metadata or {})
+    report.missing = [k for k in own if (scope is None or k.startswith(scope)) and k not in mapped]
+    loadable: dict[str, Tensor] = {}
+    for key, value in mapped.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif not isinstance(value, Tensor) or value.shape != own[key].shape:
+            got = tuple(value.shape) if isinstance(value, Tensor) else ()
+            report.shape_mismatch.append((key, got, tuple(own[key].shape)))
+        else:
+            loadable[key] = value
+    report.loaded = list(loadable)
+    if strict and not report.ok:
+        raise WeightLoadError(report)
+    model.load_state_dict(loadable, strict=False)
+    return report
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, strict: bool = True, map_location: Any = "cpu"
+) -> LoadReport:
+    """Load a weight file of any supported format into ``model`` (see the module docstring).
+
+    Examples::
+
+        model = create_model("ddamfn", num_classes=8)
+        load_weights(model, "pretrained/MFN_msceleb.pth")        # backbone only ("mfn_module")
+        load_weights(model, "checkpoints/affecnet8_epoch25.pth")  # DDAMFN checkpoint ("ddamfn")
+
+    Args:
+        model: target model.
+        path: the weight file.
+        strict: raise :class:`WeightLoadError` on any missing / unexpected / wrongly shaped key
+            (checked within the prefixes the model's remap names); with ``False`` load what matches
+            and return the report.
+        map_location: as in :func:`torch.load`.
+
+    Returns:
+        :class:`LoadReport` (``print`` it for a readable summary).
+
+    Raises:
+        FileNotFoundError, UnsafePickleError, CheckpointFormatError: see :func:`read_checkpoint`.
+        WeightLoadError: strict mismatch (model unchanged).
+    """
+    ckpt = read_checkpoint(path, map_location=map_location)
+    return load_state_dict_checked(model, ckpt.state_dict, ckpt.source, strict, ckpt.path, ckpt.metadata)
+
+
+def build_model_from_checkpoint(
+    path: str | Path, strict: bool = True, map_location: Any = "cpu"
+) -> tuple[nn.Module, LoadReport]:
+    """Build the model a checkpoint describes and load it; the model is returned in eval mode.
+
+    * ``if3d-toolkit``: ``create_model(model_name, **model_kwargs)``;
+    * ``ddamfn``: ``create_model("ddamfn", num_classes=<rows of fc.weight>, num_heads=<cat_head count>)``;
+    * ``if3d``: ``create_model(*networks.if3d.infer_if3d_config(state_dict))``;
+    * ``mfn_module``: a full :class:`~networks.mixedfeaturenet.MixedFeatureNet` (with embedding head
+      when the file has one).
+
+    Raises:
+        CheckpointFormatError: a bare state dict (no model description), or keys that do not allow
+            inferring the configuration; plus everything :func:`load_weights` raises.
+    """
+    from networks.registry import create_model
+
+    ckpt = read_checkpoint(path, map_location=map_location)
+    sd = ckpt.state_dict
+    if ckpt.source == "if3d-toolkit":
+        name, kwargs = ckpt.metadata.get("model_name"), ckpt.metadata.get("model_kwargs") or {}
+        if not isinstance(name, str) or not isinstance(kwargs, Mapping):
+            raise CheckpointFormatError(f"{ckpt.path}: if3d-toolkit checkpoint lacks model_name/model_kwargs")
+        model = create_model(name, **kwargs)
+    elif ckpt.source == "ddamfn":
+        if "fc.weight" not in sd:
+            raise CheckpointFormatError(f"{ckpt.path}: DDAMFN checkpoint without fc.weight; cannot infer num_classes")
+        heads = {k.split(".", 1)[0] for k in sd if k.startswith("cat_head")}
+        model = create_model("ddamfn", num_classes=int(sd["fc.weight"].shape[0]), num_heads=len(heads))
+    elif ckpt.source == "if3d":
+        from networks.if3d import infer_if3d_config
+
+        name, kwargs = infer_if3d_config(sd)
+        model = create_model(name, **kwargs)
+    elif ckpt.source == "mfn_module":
+        from networks.mixedfeaturenet import MixedFeatureNet
+
+        emb = sd.get("linear.weight")
+        model = MixedFeatureNet(embedding_size=None if emb is None else int(emb.shape[0]))
+    else:
+        raise CheckpointFormatError(
+            f"{ckpt.path}: a bare state dict does not say which model it belongs to; "
+            "build the model with networks.create_model and use networks.load_weights"
+        )
+    report = load_state_dict_checked(model, sd, ckpt.source, strict, ckpt.path, ckpt.metadata)
+    return model.eval(), report
