@@ -9,13 +9,27 @@ Build by name with :func:`create_model`; load any supported weight file with
 from networks.ddamfn import DDAMFN, DDAHead, attention_loss
 from networks.mixedfeaturenet import MixedFeatureNet
 from networks.registry import create_model, list_models, register_model
+from networks.weights import (
+    CheckpointFormatError,
+    LoadReport,
+    UnsafePickleError,
+    WeightLoadError,
+    build_model_from_checkpoint,
+    load_weights,
+)
 
 __all__ = [
+    "CheckpointFormatError",
     "DDAHead",
     "DDAMFN",
+    "LoadReport",
     "MixedFeatureNet",
+    "UnsafePickleError",
+    "WeightLoadError",
     "attention_loss",
+    "build_model_from_checkpoint",
     "create_model",
     "list_models",
+    "load_weights",
     "register_model",
 ]
