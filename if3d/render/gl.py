@@ -104,6 +104,24 @@ def vertex_normals(vertices_view: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return n
 
 
+def _preload_triton() -> None:
+    """Import triton (when installed) before Mesa loads its own LLVM.
+
+    Mesa's llvmpipe driver (CPU EGL) and triton's ``libtriton.so`` both carry LLVM; importing triton
+    *after* an llvmpipe context exists crashes the process (segmentation fault), and torchvision /
+    torch._dynamo import triton lazily, e.g. when SMIRK's encoder is built in the same process. In
+    the other order both work, so triton is imported first (about 0.5 s, once per process).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken triton install only matters to whoever uses it
+        pass
+
+
 def create_context(backend: str = "egl", **kwargs):
     """A headless moderngl context (OpenGL >= 3.3).
 
@@ -112,6 +130,7 @@ def create_context(backend: str = "egl", **kwargs):
     """
     import moderngl
 
+    _preload_triton()
     try:
         return moderngl.create_standalone_context(backend=backend, **kwargs)
     except Exception as exc:  # moderngl raises plain Exception subclasses from the loader

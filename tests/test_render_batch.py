@@ -1,0 +1,218 @@
+"""render_tree / Smirk_batch_Render.py on a generated tree of real photos plus broken files:
+mirrored outputs, manifest accounting, corrupt and non-image files, no-face photos, resume, overwrite,
+worker processes, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from if3d.render.batch import MANIFEST_NAME, read_manifest, render_tree
+from if3d.render.cli import main
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def photo_tree(data_dir, tmp_path_factory) -> Path:
+    """A small tree: CK+48 and FER2013 photos in class folders, wild photos nested deeper, and
+    a truncated JPEG, a text file, an empty .png and a face-less (uniform grey) photo."""
+    root = tmp_path_factory.mktemp("photos")
+    sources = {
+        "ck/happy": sorted((data_dir / "ckplus48" / "happy").iterdir())[:3],
+        "ck/surprise": sorted((data_dir / "ckplus48" / "surprise").iterdir())[:3],
+        "fer/sad": sorted((data_dir / "fer2013" / "test" / "sad").iterdir())[:2],
+        "wild/a/b": sorted((data_dir / "wild" / "uncropped").iterdir())[:2],
+    }
+    for rel, files in sources.items():
+        (root / rel).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / rel / f.name)
+    jpeg = sorted((data_dir / "wild" / "uncropped").iterdir())[5].read_bytes()
+    (root / "wild" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (root / "ck" / "README.txt").write_text("not an image\n")
+    (root / "ck" / "happy" / "empty.png").write_bytes(b"")
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(root / "fer" / "sad" / "blank.png")
+    return root
+
+
+def all_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def outputs_of(rel: str) -> tuple[str, str]:
+    stem = rel.rsplit(".", 1)[0]
+    return stem + ".png", stem + ".npz"
+
+
+def test_tree_is_mirrored_and_every_input_reported(photo_tree, tmp_path):
+    out = tmp_path / "renders"
+    summary = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
+    inputs = all_files(photo_tree)
+    manifest = read_manifest(out / MANIFEST_NAME)
+    assert sorted(manifest) == inputs
+    assert summary.total == len(inputs) == summary.processed
+    assert summary.skipped == 0
+    status = {rel: s for rel, (s, _) in manifest.items()}
+    assert status["wild/truncated.jpg"] == "unreadable"
+    assert status["ck/README.txt"] == "unreadable"
+    assert status["ck/happy/empty.png"] == "unreadable"
+    assert status["fer/sad/blank.png"] == "no_face"
+    photos = [r for r in inputs if r not in {"wild/truncated.jpg", "ck/README.txt", "ck/happy/empty.png",
+                                             "fer/sad/blank.png"}]
+    assert all(status[r] == "ok" for r in photos), {r: manifest[r] for r in photos if status[r] != "ok"}
+    assert summary.counts == {"ok": len(photos), "no_face": 1, "unreadable": 3, "error": 0}
+    assert all(manifest[r][1] for r in inputs if status[r] != "ok")  # every failure has a reason
+    # outputs: exactly the ok items, same relative folders and stems, nothing else (no temporaries)
+    expected = {MANIFEST_NAME} | {p for r in photos for p in outputs_of(r)}
+    assert set(all_files(out)) == expected
+    for r in photos:
+        png, npz = outputs_of(r)
+        render = np.asarray(Image.open(out / png))
+        assert render.shape == (SIZE, SIZE, 3)
+        assert render.max() > 100
+        with np.load(out / npz) as params:  # loads without pickle
+            assert params["landmarks"].shape == (478, 3)
+            assert tuple(params["image_size"]) == Image.open(photo_tree / r).size[::-1]
+
+
+def test_resume_skips_finished_items_and_overwrite_redoes_them(photo_tree, tmp_path):
+    out = tmp_path / "renders"
+    first = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
+    ok = [r for r, (s, _) in read_manifest(out / MANIFEST_NAME).items() if s == "ok"]
+    inodes = {r: (out / outputs_of(r)[0]).stat().st_ino for r in ok}
+
+    second = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
+    # ok and no_face are finished; the 3 unreadable files are tried again
+    assert second.skipped == first.counts["ok"] + first.counts["no_face"]
+    assert second.processed == first.counts["unreadable"]
+    assert second.counts == first.counts
+    assert all((out / outputs_of(r)[0]).stat().st_ino == inodes[r] for r in ok)
+
+    # an item whose render vanished, and one missing from the manifest (interrupted run), are redone
+    (out / outputs_of(ok[0])[0]).unlink()
+    rows = read_manifest(out / MANIFEST_NAME)
+    del rows[ok[1]]
+    with open(out / MANIFEST_NAME, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["relative_path", "status", "reason"])
+        w.writerows((r, s, why) for r, (s, why) in rows.items())
+    third = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
+    assert third.processed == first.counts["unreadable"] + 2
+    assert (out / outputs_of(ok[0])[0]).exists()
+    assert read_manifest(out / MANIFEST_NAME)[ok[1]][0] == "ok"
+
+    redo = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False, overwrite=True)
+    assert redo.processed == redo.total
+    assert redo.skipped == 0
+    assert all((out / outputs_of(r)[0]).stat().st_ino != inodes[r] for r in ok[2:])
+
+
+def test_stale_outputs_of_failed_items_and_temporaries_are_removed(photo_tree, tmp_path):
+    out = tmp_path / "renders"
+    (out / "fer" / "sad").mkdir(parents=True)
+    stale = out / "fer" / "sad" / "blank.png"
+    stale.write_bytes(b"old render")
+    leftover = out / "fer" / "sad" / ".x.png.tmp-if3d-123"
+    leftover.write_bytes(b"half")
+    render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
+    assert not stale.exists()
+    assert not leftover.exists()
+
+
+def test_workers_give_the_same_result(photo_tree, tmp_path):
+    one = render_tree(photo_tree, tmp_path / "one", size=SIZE, workers=1, progress=False)
+    two = render_tree(photo_tree, tmp_path / "two", size=SIZE, workers=2, progress=False, chunk_size=2)
+    assert two.counts == one.counts
+    m1, m2 = read_manifest(tmp_path / "one" / MANIFEST_NAME), read_manifest(tmp_path / "two" / MANIFEST_NAME)
+    assert {r: s for r, (s, _) in m1.items()} == {r: s for r, (s, _) in m2.items()}
+    for r, (s, _) in m1.items():
+        if s == "ok":
+            png = outputs_of(r)[0]
+            a = np.asarray(Image.open(tmp_path / "one" / png)).astype(int)
+            b = np.asarray(Image.open(tmp_path / "two" / png)).astype(int)
+            assert np.abs(a - b).max() <= 1, r
+    assert two.startup_s > 0
+
+
+def test_output_stem_collision_is_an_error(data_dir, tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    face = sorted((data_dir / "ckplus48" / "happy").iterdir())[0]
+    shutil.copy(face, src / "a.png")
+    Image.open(face).convert("RGB").save(src / "a.jpg", quality=95)
+    summary = render_tree(src, tmp_path / "out", size=SIZE, workers=1, progress=False)
+    manifest = read_manifest(tmp_path / "out" / MANIFEST_NAME)
+    assert manifest["a.jpg"][0] == "ok"
+    assert manifest["a.png"][0] == "error"
+    assert "a.jpg" in manifest["a.png"][1]
+    assert summary.counts["error"] == 1
+
+
+def test_output_inside_input_is_not_scanned(data_dir, tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(sorted((data_dir / "ckplus48" / "happy").iterdir())[0], src / "x.png")
+    render_tree(src, src / "renders", size=SIZE, workers=1, progress=False)
+    again = render_tree(src, src / "renders", size=SIZE, workers=1, progress=False)
+    assert again.total == 1
+    assert again.skipped == 1
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        render_tree(tmp_path / "missing", tmp_path / "out", progress=False)
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ValueError, match="framing"):
+        render_tree(tmp_path / "in", tmp_path / "out", framing="square", progress=False)
+    with pytest.raises(ValueError, match="backend"):
+        render_tree(tmp_path / "in", tmp_path / "out", backend="deca", progress=False)
+    with pytest.raises(ValueError, match="differ"):
+        render_tree(tmp_path / "in", tmp_path / "in", progress=False)
+
+
+def test_cli_end_to_end(photo_tree, tmp_path, capsys):
+    out = tmp_path / "renders"
+    code = main(["--input", str(photo_tree), "--output", str(out), "--size", "48", "--workers", "1",
+                 "--framing", "smirk-crop", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ok 10" in printed
+    assert "no_face 1" in printed
+    assert "unreadable 3" in printed
+    with np.load(out / "ck" / "happy" / (sorted((photo_tree / "ck" / "happy").glob("S*"))[0].stem + ".npz")) as p:
+        assert str(p["framing"]) == "smirk-crop"
+    assert np.asarray(Image.open(next(out.rglob("*.png")))).shape == (48, 48, 3)
+
+
+def test_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--smirk-checkpoint", "x.pt"])
+    assert exc.value.code == 2
+    assert "--backend smirk" in capsys.readouterr().err
+    assert main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_smirk_backend_setup_errors_are_fatal_and_name_the_file(photo_tree, tmp_path):
+    missing = tmp_path / "SMIRK_em1.pt"
+    with pytest.raises(RuntimeError, match="SMIRK_em1.pt"):
+        render_tree(photo_tree, tmp_path / "out", backend="smirk", size=SIZE, workers=1, progress=False,
+                    backend_kwargs={"checkpoint": missing, "flame_model": tmp_path / "generic_model.pkl",
+                                    "assets_dir": tmp_path, "device": "cpu"})
+
+
+def test_entry_script_help(repo_root):
+    result = subprocess.run([sys.executable, str(repo_root / "Smirk_batch_Render.py"), "--help"],
+                            capture_output=True, text=True, cwd=repo_root, timeout=120)
+    assert result.returncode == 0
+    for option in ("--input", "--output", "--backend", "--size", "--workers", "--framing", "--overwrite",
+                   "--smirk-checkpoint", "--flame-model", "--smirk-assets"):
+        assert option in result.stdout
