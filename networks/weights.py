@@ -224,6 +224,8 @@ _ALLOWED_CALLABLES: dict[str, Any] = {
     "collections.OrderedDict": collections.OrderedDict,
     "builtins.set": set,
     "__builtin__.set": set,
+    # modules pickled by torch < 1.2 carry ``_backend = _get_thnn_function_backend()``; resolve inertly
+    "torch.nn.backends.thnn._get_thnn_function_backend": lambda: None,
 }
 #: the root classes of a whole-module pickle that :func:`read_checkpoint` accepts → source
 _MODULE_ROOTS = {

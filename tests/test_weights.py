@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import types
+import warnings
 
 import pytest
 import torch
@@ -70,6 +73,34 @@ def test_build_model_from_pickled_module(spec_dir):
     assert model.embedding_size == 256
     assert not model.training
     assert report.ok
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_module_pickle_in_zip_and_legacy_formats(tmp_path, monkeypatch, legacy):
+    """Pickles refer to the original classes by name only; they are never imported or run."""
+    fake = types.ModuleType("networks.MixedFeatureNet")
+
+    class MixedFeatureNet(torch.nn.Module):  # stands for the original class at save time
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+    MixedFeatureNet.__module__ = fake.__name__
+    MixedFeatureNet.__qualname__ = "MixedFeatureNet"
+    fake.MixedFeatureNet = MixedFeatureNet
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    original = MixedFeatureNet()
+    path = tmp_path / "mfn.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy saver cannot find the class's source; irrelevant
+        torch.save(original, path, _use_new_zipfile_serialization=not legacy)
+    monkeypatch.delitem(sys.modules, fake.__name__)
+
+    ckpt = read_checkpoint(path)
+    assert ckpt.source == "mfn_module"
+    assert ckpt.state_dict.keys() == original.state_dict().keys()
+    for key, value in original.state_dict().items():
+        assert torch.equal(ckpt.state_dict[key], value), key
 
 
 class _SystemPayload:
