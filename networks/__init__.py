@@ -7,6 +7,7 @@ Build by name with :func:`create_model`; load any supported weight file with
 
 # importing a model module registers its builders (networks.ddamfn registers "ddamfn")
 from networks.ddamfn import DDAMFN, DDAHead, attention_loss
+from networks.if3d import If3DNet, infer_if3d_config
 from networks.mixedfeaturenet import MixedFeatureNet
 from networks.registry import create_model, list_models, register_model
 from networks.weights import (
@@ -22,6 +23,7 @@ __all__ = [
     "CheckpointFormatError",
     "DDAHead",
     "DDAMFN",
+    "If3DNet",
     "LoadReport",
     "MixedFeatureNet",
     "UnsafePickleError",
@@ -29,6 +31,7 @@ __all__ = [
     "attention_loss",
     "build_model_from_checkpoint",
     "create_model",
+    "infer_if3d_config",
     "list_models",
     "load_weights",
     "register_model",

@@ -1,0 +1,578 @@
+"""If3D: two-stream facial expression model fusing a face photo with a render of its 3D face.
+
+Wang et al., "If3D: Enhancing Facial Expression Inference with 3D Face Representations via
+Intermediate Fusion"; original implementation ``networks/DDAM_smirkpic_fusion.py`` and the training
+scripts ``affectnet_*_train.py`` of https://github.com/WangXiaoShawn/If3d (read as a source of facts;
+no code is copied). Forward pass, for ``H`` DDA heads and ``C`` classes (each fact from the original's
+``forward`` methods)::
+
+    photo  [B,3,112,112] --photo backbone-->  P [B,512,7,7]     MixedFeatureNet without its last
+    render [B,3,112,112] --render backbone--> R [B,512,7,7]     four children (If3D: features[:-4])
+    alignment = mean((P − R)²)                                    on the backbone maps (If3D l3_loss)
+    a_i = DDAHead_i(P), b_i = DDAHead_i(R)                        the SAME H heads on both streams
+    P' = P · max_i a_i,  R' = R · max_i b_i                       element-wise max over heads
+    z  = fusion(P', R')                                           networks.fusion (linear/attention/gate/spp)
+    o  = MLP(z) [B, C+2]                                          fc1..fc4 (2048) + BN1d + LeakyReLU(0.2)
+    logits = o[:, :C],  valence = o[:, C],  arousal = o[:, C+1]
+
+Backbones: the linear strategy runs ONE MixedFeatureNet on both streams (If3D's
+``DDAMNet_Smirk_Spatial_Alignment.features``); attention, gate and SPP run two
+(``orig_features`` for the photo, ``smirk_features`` for the render). Each stream is a separate
+backbone call (photo first), so in training mode BatchNorm sees each stream's own batch statistics, as
+in If3D.
+
+MLP head (:class:`If3DClassifier`): ``fc_k → BN1d_k → LeakyReLU(0.2) → dropout_k`` for k = 1..3, then
+``fc4 → BN4 → LeakyReLU(0.2) → output``. If3D's dropout rates after fc1, fc2, fc3 differ by strategy
+(its ``forward`` methods apply only some of the dropouts it builds): linear and attention (0.5, 0, 0),
+gate and SPP (0.5, 0.4, 0.3) — see :data:`IF3D_DROPOUT`.
+
+Output columns — read this before using an If3D checkpoint
+----------------------------------------------------------
+If3D's output layer has ``C + 2`` rows; its ``forward`` names column ``C`` ``arousal`` and column
+``C + 1`` ``valence``. But its training loop unpacks the dataset's ``(image, label, val, aro)`` as
+``(…, aro_true, val_true)``, swapping the two names once more, so in every trained If3D checkpoint
+**column C was fitted to the valence annotation and column C + 1 to the arousal annotation.** This
+model's output layer keeps If3D's row order and names it by what it predicts: ``valence = o[:, C]``,
+``arousal = o[:, C + 1]``. A converted If3D checkpoint therefore needs no row permutation; only
+If3D's names were wrong. (If3D's ``forward`` also hard-codes ``output[:, :8]``, ``[:, 8]``, ``[:, 9]``;
+we slice with ``C``, which is the same for its 8-class checkpoints.)
+
+Faithful mode (``faithful=True``) reproduces If3D's architecture and state-dict content exactly (the
+key names are ours; :meth:`If3DNet.remap_state_dict` converts): If3D's attention fusion on 1×1 maps
+(whose query/key never learn), the unused ``Smirk_Linear`` (358 → 512, no bias) of the linear
+model, each DDA head's unused 7×7 block, and If3D's backbone sharing and dropout. Unused layers are
+frozen (``requires_grad=False``; they never receive a gradient in If3D either). Parameter counts with 8
+classes and 4 heads: linear 19.21 M, attention 22.35 M, gate 72.85 M, SPP 64.99 M.
+
+Default (improved) mode differs only where If3D is defective: ``if3d_attention`` uses
+:class:`~networks.fusion.CrossAttentionFusion` over the 49 spatial tokens, and the unused
+``Smirk_Linear`` is not built. Loss-side defects of If3D (head-diversity loss, CCC) live in
+``if3d.losses``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from networks.ddamfn import DDAHead, remap_original_dda_head_keys
+from networks.fusion import FUSION_STRATEGIES, build_fusion
+from networks.mixedfeaturenet import INPUT_SIZE, MixedFeatureNet, _freeze, remap_original_mfn_keys
+from networks.outputs import If3DOutput
+from networks.registry import register_model
+
+__all__ = [
+    "IF3D_DROPOUT",
+    "IF3D_SOURCE_CLASSES",
+    "If3DClassifier",
+    "If3DFeatures",
+    "If3DNet",
+    "if3d_attention",
+    "if3d_gate",
+    "if3d_linear",
+    "if3d_spp",
+    "infer_if3d_config",
+]
+
+#: Dropout rates after fc1, fc2, fc3 that If3D's ``forward`` methods apply, per strategy
+#: (``DDAMNet_Smirk_Spatial_Alignment``: dropout1 only, dropout2 commented out, dropout3 unused;
+#: ``..._AttentionFusion``: dropout1 only; ``..._GateFusion`` and ``..._SPPFusion``: all three).
+IF3D_DROPOUT: dict[str, tuple[float, float, float]] = {
+    "linear": (0.5, 0.0, 0.0),
+    "attention": (0.5, 0.0, 0.0),
+    "gate": (0.5, 0.4, 0.3),
+    "spp": (0.5, 0.4, 0.3),
+}
+
+#: If3D class name of each strategy (``networks/DDAM_smirkpic_fusion.py``).
+IF3D_SOURCE_CLASSES: dict[str, str] = {
+    "linear": "DDAMNet_Smirk_Spatial_Alignment",
+    "attention": "DDAMNet_Smirk_Spatial_Alignment_AttentionFusion",
+    "gate": "DDAMNet_Smirk_Spatial_Alignment_GateFusion",
+    "spp": "DDAMNet_Smirk_Spatial_Alignment_SPPFusion",
+}
+
+#: Width of If3D's unused ``Smirk_Linear`` input (SMIRK's 358 parameters per face, presumably:
+#: 300 shape + 50 expression + 3 pose + 3 jaw + 2 eyelid).
+SMIRK_PARAMS_WIDTH = 358
+
+_VA_OUTPUTS = 2
+_CLASSIFIER_LAYERS = ("fc1", "bn1", "fc2", "bn2", "fc3", "bn3", "fc4", "bn4", "output")
+
+
+class If3DClassifier(nn.Module):
+    """If3D's MLP head: three hidden 2048-wide blocks and an output layer.
+
+    ``y = drop_k(LeakyReLU_0.2(BN1d_k(fc_k(y))))`` for k = 1, 2, 3; ``y = LeakyReLU_0.2(BN1d_4(fc4(y)))``;
+    ``out = output(y)`` (source: the ``forward`` methods of If3D's four fusion classes; layer names
+    ``fc1..fc4``, ``bn1..bn4``, ``output`` are If3D's).
+
+    Args:
+        in_features: fusion width (1024 linear, 512 attention, 25088 gate, 21504 SPP).
+        num_outputs: C + 2 with valence/arousal outputs, else C.
+        hidden: width of the hidden layers (2048).
+        dropout: rates after fc1, fc2, fc3 (0 = no dropout layer).
+        negative_slope: LeakyReLU slope (0.2).
+
+    Shapes: [B, in_features] → [B, num_outputs] (raw outputs: logits, then valence, arousal).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_outputs: int,
+        hidden: int = 2048,
+        dropout: Sequence[float] = (0.5, 0.0, 0.0),
+        negative_slope: float = 0.2,
+    ) -> None:
+        super().__init__()
+        dropout = tuple(float(p) for p in dropout)
+        if len(dropout) != 3 or not all(0.0 <= p < 1.0 for p in dropout):
+            raise ValueError(f"If3DClassifier: dropout must be three rates in [0, 1), got {dropout}")
+        self.dropout_rates = dropout
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.bn1 = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.bn2 = nn.BatchNorm1d(hidden)
+        self.fc3 = nn.Linear(hidden, hidden)
+        self.bn3 = nn.BatchNorm1d(hidden)
+        self.fc4 = nn.Linear(hidden, hidden)
+        self.bn4 = nn.BatchNorm1d(hidden)
+        self.output = nn.Linear(hidden, num_outputs)
+        self.act = nn.LeakyReLU(negative_slope)
+        self.drop1, self.drop2, self.drop3 = (nn.Dropout(p) if p > 0 else nn.Identity() for p in dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.drop1(self.act(self.bn1(self.fc1(x))))
+        y = self.drop2(self.act(self.bn2(self.fc2(y))))
+        y = self.drop3(self.act(self.bn3(self.fc3(y))))
+        y = self.act(self.bn4(self.fc4(y)))
+        return self.output(y)
+
+
+@dataclass
+class If3DFeatures:
+    """Intermediate result of :meth:`If3DNet.forward_features`.
+
+    Attributes:
+        photo_features, render_features: [B, 512, 7, 7] backbone maps.
+        photo_heads, render_heads: [H, B, 512, 7, 7] DDA head maps, values in (0, 1).
+        alignment: [] MSE between the two backbone maps.
+        fused: [B, F] fusion output (F = ``model.fusion.out_features``).
+    """
+
+    photo_features: Tensor
+    render_features: Tensor
+    photo_heads: Tensor
+    render_heads: Tensor
+    alignment: Tensor
+    fused: Tensor
+
+
+class If3DNet(nn.Module):
+    """Two-stream If3D model: photo and render through MixedFeatureNet, shared DDA heads, fusion, MLP.
+
+    See the module docstring for the forward pass, the output columns and faithful mode.
+
+    Args:
+        strategy: fusion strategy, one of ``linear``, ``attention``, ``gate``, ``spp``.
+        num_classes: C, expression classes (8 for AffectNet-8).
+        num_heads: H, DDA heads shared by both streams (If3D's scripts use 4).
+        shared_backbone: one MixedFeatureNet for both streams; default (``None``) as If3D: shared for
+            ``linear``, separate for the others.
+        va_outputs: predict valence and arousal (output layer C + 2 wide) or not (C wide).
+        dropout: MLP dropout after fc1, fc2, fc3: three rates, or one rate for all three; default
+            (``None``) If3D's rates for the strategy (:data:`IF3D_DROPOUT`).
+        faithful: reproduce If3D's architecture exactly (see the module docstring); requires If3D's
+            backbone sharing, dropout and VA outputs.
+        fusion_kwargs: extra arguments of the fusion module (e.g. ``{"num_heads": 8}`` for the
+            improved attention); not allowed with ``faithful``.
+
+    Attributes:
+        backbone (shared) or photo_backbone and render_backbone (separate): :class:`MixedFeatureNet`
+            without embedding head.
+        heads: ``nn.ModuleList`` of H :class:`~networks.ddamfn.DDAHead`, applied to both streams.
+        fusion: the fusion module (``networks.fusion``).
+        classifier: :class:`If3DClassifier`.
+        smirk_linear: faithful linear model only: If3D's unused ``Smirk_Linear`` (frozen).
+        input_streams: ``("photo", "render")``: the engine calls ``model(photo, render)``.
+
+    Raises:
+        ValueError: unknown strategy, bad sizes, or a faithful model with non-If3D settings.
+    """
+
+    input_streams = ("photo", "render")
+
+    def __init__(
+        self,
+        strategy: str,
+        num_classes: int = 8,
+        num_heads: int = 4,
+        shared_backbone: bool | None = None,
+        va_outputs: bool = True,
+        dropout: float | Sequence[float] | None = None,
+        faithful: bool = False,
+        fusion_kwargs: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        if strategy not in FUSION_STRATEGIES:
+            raise ValueError(f"unknown If3D fusion strategy {strategy!r}; known: {', '.join(FUSION_STRATEGIES)}")
+        if num_classes < 1 or num_heads < 1:
+            raise ValueError(f"If3DNet needs num_classes >= 1 and num_heads >= 1, got {num_classes}, {num_heads}")
+        if3d_shared = strategy == "linear"
+        if shared_backbone is None:
+            shared_backbone = if3d_shared
+        if dropout is None:
+            dropout = IF3D_DROPOUT[strategy]
+        elif isinstance(dropout, (int, float)):
+            dropout = (float(dropout),) * 3
+        dropout = tuple(float(p) for p in dropout)
+        if faithful:
+            problems = []
+            if shared_backbone != if3d_shared:
+                problems.append(f"shared_backbone={shared_backbone} (If3D: {if3d_shared})")
+            if dropout != IF3D_DROPOUT[strategy]:
+                problems.append(f"dropout={dropout} (If3D: {IF3D_DROPOUT[strategy]})")
+            if not va_outputs:
+                problems.append("va_outputs=False (If3D always predicts valence and arousal)")
+            if fusion_kwargs:
+                problems.append(f"fusion_kwargs={dict(fusion_kwargs)}")
+            if problems:
+                raise ValueError(f"faithful If3D {strategy} model cannot have " + "; ".join(problems))
+
+        self.strategy = strategy
+        self.num_classes = num_classes
+        self.num_heads = num_heads
+        self.shared_backbone = shared_backbone
+        self.va_outputs = va_outputs
+        self.faithful = faithful
+
+        if shared_backbone:
+            self.backbone = MixedFeatureNet(embedding_size=None)
+        else:
+            self.photo_backbone = MixedFeatureNet(embedding_size=None)
+            self.render_backbone = MixedFeatureNet(embedding_size=None)
+        channels = MixedFeatureNet.num_features
+        self.heads = nn.ModuleList(DDAHead(channels) for _ in range(num_heads))
+        self.fusion = build_fusion(strategy, faithful=faithful, channels=channels, **dict(fusion_kwargs or {}))
+        self.classifier = If3DClassifier(
+            self.fusion.out_features, num_classes + (_VA_OUTPUTS if va_outputs else 0), dropout=dropout
+        )
+        if faithful and strategy == "linear":
+            # If3D builds nn.Linear(358, 512, bias=False) but never calls it; kept frozen for checkpoints
+            self.smirk_linear = _freeze(nn.Linear(SMIRK_PARAMS_WIDTH, channels, bias=False))
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------------------
+    @property
+    def backbone_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the backbone(s): ``("backbone.",)`` or photo's and render's."""
+        return ("backbone.",) if self.shared_backbone else ("photo_backbone.", "render_backbone.")
+
+    def _backbones(self) -> tuple[MixedFeatureNet, MixedFeatureNet]:
+        if self.shared_backbone:
+            return self.backbone, self.backbone
+        return self.photo_backbone, self.render_backbone
+
+    def _heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        maps = [head(features) for head in self.heads]
+        combined = maps[0]
+        for m in maps[1:]:
+            combined = torch.maximum(combined, m)
+        return torch.stack(maps), combined
+
+    def forward_features(self, photo: Tensor, render: Tensor) -> If3DFeatures:
+        """Photo and render → backbone maps, head maps, alignment term and fused vector.
+
+        Args:
+            photo: [B, 3, 112, 112] RGB face, float, ImageNet-normalised.
+            render: [B, 3, 112, 112] the render of the same face, same normalisation.
+
+        Raises:
+            ValueError: inputs are not two float [B, 3, 112, 112] batches of the same shape.
+        """
+        for name, x in (("photo", photo), ("render", render)):
+            if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
+                raise ValueError(f"If3DNet: {name} must be [B, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(x.shape)}")
+            if not x.is_floating_point():
+                raise ValueError(f"If3DNet: {name} must be normalised float, got dtype {x.dtype}")
+        if photo.shape != render.shape:
+            raise ValueError(f"If3DNet: photo {tuple(photo.shape)} and render {tuple(render.shape)} differ")
+        photo_backbone, render_backbone = self._backbones()
+        photo_features = photo_backbone.forward_features(photo)
+        render_features = render_backbone.forward_features(render)
+        alignment = F.mse_loss(photo_features, render_features)
+        photo_heads, photo_attention = self._heads(photo_features)
+        render_heads, render_attention = self._heads(render_features)
+        fused = self.fusion(photo_features * photo_attention, render_features * render_attention)
+        return If3DFeatures(photo_features, render_features, photo_heads, render_heads, alignment, fused)
+
+    def forward_head(self, fused: Tensor) -> Tensor:
+        """Fused vector [B, F] → raw outputs [B, C + 2] (logits, valence, arousal) or [B, C]."""
+        return self.classifier(fused)
+
+    def forward(self, photo: Tensor, render: Tensor) -> If3DOutput:
+        """Photo and render of the same faces → :class:`~networks.outputs.If3DOutput`.
+
+        Args:
+            photo: [B, 3, 112, 112] float, ImageNet-normalised RGB.
+            render: [B, 3, 112, 112] float, same normalisation.
+
+        Returns:
+            ``logits`` [B, C]; ``valence``, ``arousal`` [B] (unbounded linear outputs, trained on the
+            AffectNet [-1, 1] scale) or ``None`` without VA outputs; backbone maps [B, 512, 7, 7]; head
+            maps [H, B, 512, 7, 7]; ``alignment`` [] MSE of the backbone maps.
+        """
+        feats = self.forward_features(photo, render)
+        out = self.forward_head(feats.fused)
+        c = self.num_classes
+        valence = out[:, c] if self.va_outputs else None
+        arousal = out[:, c + 1] if self.va_outputs else None
+        return If3DOutput(
+            logits=out[:, :c],
+            valence=valence,
+            arousal=arousal,
+            photo_features=feats.photo_features,
+            render_features=feats.render_features,
+            photo_heads=feats.photo_heads,
+            render_heads=feats.render_heads,
+            alignment=feats.alignment,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # foreign weights
+    # ------------------------------------------------------------------------------------------
+    def remap_state_dict(
+        self, state_dict: Mapping[str, Tensor], source: str
+    ) -> tuple[dict[str, Tensor], list[str] | None, list[str]]:
+        """Map a foreign state dict onto this model's keys (protocol in docs/INTERFACES.md).
+
+        Args:
+            state_dict: original key names (a ``{'model_state_dict': ...}`` wrapper is unwrapped).
+            source:
+                ``"if3d"``: an If3D model (keys of ``../shared/spec/state_dict_specs.json``). Into a
+                model of the same strategy every corresponding layer is mapped (faithful: the whole
+                model; improved attention: all but If3D's query/key/value convs, the 7×7 depthwise
+                block initialising the pooling); into another strategy only backbone(s) and DDA heads.
+                The output layer keeps its row order (rows 0..C−1 logits, row C → our ``valence``,
+                row C+1 → our ``arousal``: If3D's names for these two rows are swapped, see the module
+                docstring); a model without VA outputs takes rows 0..C−1.
+                ``"mfn_module"``: an original MixedFeatureNet (MS-Celeb-1M ``MFN_msceleb.pth``) → each
+                backbone; its embedding head is discarded as If3D's ``children()[:-4]`` does.
+                ``"ddamfn"``: a DDAMFN ``DDAMNet`` → backbone(s), heads 0..min(H, H_ckpt)−1, and its
+                7×7 ``Linear`` into the fusion's depthwise block where the shapes agree.
+
+        Returns:
+            ``(mapped, prefixes, discarded)``: mapped state dict; the model key prefixes it fills
+            (``None`` = whole model); source keys intentionally left out.
+
+        Raises:
+            ValueError: unsupported source, or an If3D checkpoint with separate backbones loaded into
+                a shared-backbone model (which of the two would be ambiguous).
+        """
+        sd = _unwrap(state_dict)
+        if source == "if3d":
+            return self._remap_if3d(sd)
+        if source == "mfn_module":
+            mapped_one, _, discarded = MixedFeatureNet(embedding_size=None).remap_state_dict(sd, "mfn_module")
+            mapped = {p + k: v for p in self.backbone_prefixes for k, v in mapped_one.items()}
+            return mapped, list(self.backbone_prefixes), discarded
+        if source == "ddamfn":
+            return self._remap_ddamfn(sd)
+        raise ValueError(f"If3DNet cannot load weights of source {source!r} (supported: if3d, mfn_module, ddamfn)")
+
+    def _map_backbones(self, sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
+        """Backbone keys of an If3D/DDAMFN state dict (``features.`` or ``orig_/smirk_features.``)."""
+        out: dict[str, Tensor] = {}
+        if layout == "shared":
+            feats = {k: v for k, v in sd.items() if k.startswith("features.")}
+            for prefix in self.backbone_prefixes:
+                out.update(remap_original_mfn_keys(feats, src_prefix="features.", dst_prefix=prefix))
+            return out
+        if self.shared_backbone:
+            raise ValueError(
+                "this If3D checkpoint has separate photo and render backbones (orig_features, "
+                "smirk_features); build the model with shared_backbone=False to load it"
+            )
+        for src, dst in (("orig_features.", "photo_backbone."), ("smirk_features.", "render_backbone.")):
+            part = {k: v for k, v in sd.items() if k.startswith(src)}
+            out.update(remap_original_mfn_keys(part, src_prefix=src, dst_prefix=dst))
+        return out
+
+    def _map_heads(self, sd: Mapping[str, Tensor], limit: int | None = None) -> tuple[dict[str, Tensor], list[int]]:
+        ids = sorted(_head_ids(sd))
+        if limit is not None:
+            ids = [i for i in ids if i < limit]
+        out: dict[str, Tensor] = {}
+        for i in ids:
+            out.update(remap_original_dda_head_keys(sd, f"cat_head{i}.", f"heads.{i}."))
+        return out, ids
+
+    def _remap_if3d(self, sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str] | None, list[str]]:
+        name, _ = infer_if3d_config(sd)
+        source_strategy = name.removeprefix("if3d_")
+        mapped = self._map_backbones(sd, "shared" if source_strategy == "linear" else "separate")
+        heads, _ = self._map_heads(sd)
+        mapped.update(heads)
+        prefixes = [*self.backbone_prefixes, "heads."]
+        used = ["features.", "orig_features.", "smirk_features.", "cat_head"]
+        if source_strategy == self.strategy:
+            pairs = [("Linear.", "fusion.depthwise.")]
+            if self.strategy == "gate":
+                pairs.append(("gate_fusion.gate_fc.0.", "fusion.gate."))
+            if self.strategy == "attention" and self.faithful:
+                pairs.append(("attention_fusion.", "fusion."))
+            if hasattr(self, "smirk_linear"):
+                pairs.append(("Smirk_Linear.", "smirk_linear."))
+            pairs += [(f"{layer}.", f"classifier.{layer}.") for layer in _CLASSIFIER_LAYERS]
+            for src, dst in pairs:
+                mapped.update(_prefixed(sd, src, dst))
+                used.append(src)
+                if not dst.startswith("classifier."):
+                    prefixes.append(dst)
+            prefixes.append("classifier.")
+            if not self.va_outputs:
+                for key in ("classifier.output.weight", "classifier.output.bias"):
+                    if key in mapped:
+                        mapped[key] = mapped[key][: self.num_classes]
+        discarded = [k for k in sd if not k.startswith(tuple(used))]
+        return mapped, self._whole_or(prefixes), discarded
+
+    def _whole_or(self, prefixes: list[str]) -> list[str] | None:
+        """``None`` (whole model) when ``prefixes`` cover every state-dict key of the model."""
+        covered = all(k.startswith(tuple(prefixes)) for k in self.state_dict())
+        return None if covered else prefixes
+
+    def _remap_ddamfn(self, sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str] | None, list[str]]:
+        mapped = self._map_backbones(sd, "shared")
+        heads, ids = self._map_heads(sd, limit=self.num_heads)
+        mapped.update(heads)
+        prefixes = [*self.backbone_prefixes, *(f"heads.{i}." for i in ids)]
+        used_prefixes = ["features.", *(f"cat_head{i}." for i in ids)]
+        gdc = sd.get("Linear.conv.weight")
+        if gdc is not None and gdc.shape == self.fusion.depthwise.conv.weight.shape:
+            mapped.update(_prefixed(sd, "Linear.", "fusion.depthwise."))
+            prefixes.append("fusion.depthwise.")
+            used_prefixes.append("Linear.")
+        discarded = [k for k in sd if not k.startswith(tuple(used_prefixes))]
+        return mapped, prefixes, discarded
+
+
+def _prefixed(sd: Mapping[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+    return {dst + k[len(src) :]: v for k, v in sd.items() if k.startswith(src)}
+
+
+def _head_ids(sd: Mapping[str, Tensor]) -> set[int]:
+    ids = set()
+    for key in sd:
+        m = re.match(r"^cat_head(\d+)\.", key)
+        if m:
+            ids.add(int(m.group(1)))
+    return ids
+
+
+def _unwrap(state_dict: Mapping) -> Mapping[str, Tensor]:
+    inner = state_dict.get("model_state_dict") if isinstance(state_dict, Mapping) else None
+    return inner if isinstance(inner, Mapping) else state_dict
+
+
+def infer_if3d_config(state_dict: Mapping) -> tuple[str, dict]:
+    """Recognise an If3D state dict: ``(model name, builder kwargs)`` for :func:`networks.create_model`.
+
+    The strategy follows from If3D's layer names (``attention_fusion.*`` → attention,
+    ``gate_fusion.*`` → gate; separate ``orig_features``/``smirk_features`` backbones without either →
+    SPP; one ``features`` backbone with the ``fc1`` MLP → linear); the number of heads is the number of
+    ``cat_head{i}`` modules and the number of classes is the output layer's rows minus 2.
+
+    Args:
+        state_dict: If3D's ``model_state_dict`` (or the whole ``{'model_state_dict': ...}`` file).
+
+    Returns:
+        e.g. ``("if3d_gate", {"num_classes": 8, "num_heads": 4, "faithful": True})``.
+
+    Raises:
+        ValueError: not an If3D state dict (e.g. a DDAMFN or our own checkpoint); the message says which
+            keys are missing.
+    """
+    sd = _unwrap(state_dict)
+    keys = set(sd)
+    missing = [k for k in ("output.weight", "fc1.weight", "Linear.conv.weight") if k not in keys]
+    heads = _head_ids(sd)
+    if missing or not heads:
+        raise ValueError(
+            "not an If3D state dict: missing "
+            + ", ".join(missing + ([] if heads else ["cat_head0.*"]))
+        )
+    separate = any(k.startswith("orig_features.") for k in keys) and any(k.startswith("smirk_features.") for k in keys)
+    shared = any(k.startswith("features.") for k in keys)
+    if any(k.startswith("attention_fusion.") for k in keys):
+        strategy = "attention"
+    elif any(k.startswith("gate_fusion.") for k in keys):
+        strategy = "gate"
+    elif separate:
+        strategy = "spp"
+    elif shared:
+        strategy = "linear"
+    else:
+        raise ValueError("not an If3D state dict: no backbone keys (features.* or orig_features.*/smirk_features.*)")
+    if (strategy == "linear") == separate:
+        raise ValueError(f"inconsistent If3D state dict: {strategy} fusion with the other strategies' backbone layout")
+    rows = sd["output.weight"].shape[0]
+    if rows <= _VA_OUTPUTS:
+        raise ValueError(f"If3D output layer has {rows} rows; expected num_classes + 2")
+    if sorted(heads) != list(range(len(heads))):
+        raise ValueError(f"If3D DDA heads are not numbered 0..H-1: {sorted(heads)}")
+    return f"if3d_{strategy}", {"num_classes": rows - _VA_OUTPUTS, "num_heads": len(heads), "faithful": True}
+
+
+def _build(strategy: str, **kwargs) -> If3DNet:
+    return If3DNet(strategy, **kwargs)
+
+
+@register_model
+def if3d_linear(**kwargs) -> If3DNet:
+    """If3D linear fusion: one shared MixedFeatureNet, depthwise 7×7 pooling per stream, concatenated (1024).
+
+    Keyword arguments as :class:`If3DNet` (``num_classes=8, num_heads=4, shared_backbone=True,
+    va_outputs=True, dropout=(0.5, 0, 0), faithful=False``). Faithful, 8 classes, 4 heads: 19.21 M
+    parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment``).
+    """
+    return _build("linear", **kwargs)
+
+
+@register_model
+def if3d_attention(**kwargs) -> If3DNet:
+    """If3D attention fusion; default: the improved cross-attention over 49 tokens
+    (:class:`~networks.fusion.CrossAttentionFusion`); ``faithful=True``: If3D's 1×1 attention.
+
+    Keyword arguments as :class:`If3DNet` (separate backbones, dropout (0.5, 0, 0)). Faithful, 8
+    classes, 4 heads: 22.35 M parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment_AttentionFusion``).
+    """
+    return _build("attention", **kwargs)
+
+
+@register_model
+def if3d_gate(**kwargs) -> If3DNet:
+    """If3D gate fusion: separate backbones, depthwise 3×3, sigmoid gate per position and channel (25088).
+
+    Keyword arguments as :class:`If3DNet` (dropout (0.5, 0.4, 0.3)). Faithful, 8 classes, 4 heads:
+    72.85 M parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment_GateFusion``).
+    """
+    return _build("gate", **kwargs)
+
+
+@register_model
+def if3d_spp(**kwargs) -> If3DNet:
+    """If3D SPP fusion: separate backbones, depthwise 3×3, max-pool pyramid 1/2/4 per stream (21504).
+
+    Keyword arguments as :class:`If3DNet` (dropout (0.5, 0.4, 0.3)). Faithful, 8 classes, 4 heads:
+    64.99 M parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment_SPPFusion``).
+    """
+    return _build("spp", **kwargs)
