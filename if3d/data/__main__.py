@@ -1,0 +1,148 @@
+"""Command line of the data pipeline: ``python -m if3d.data {convert,check,formats[,cache]} ...``.
+
+Examples::
+
+    python -m if3d.data convert --format fer2013-folders --src ../shared/data/fer2013 --out Dataset/fer2013
+    python -m if3d.data convert --format ckplus --src ../shared/data/ckplus48 --out Dataset/ckplus --val-fraction 0.1
+    python -m if3d.data check --root Dataset/fer2013 --split train --no-renders
+    python -m if3d.data check --photo-root Dataset/affectnet_clean/train --render-root Dataset/affectnet_smirk/train \\
+        --annotations Dataset/affectnet_annotations/train_set_annotation_without_lnd.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+
+def _add_convert(sub) -> None:
+    from if3d.data.converters import FORMATS
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a source dataset into the canonical layout",
+        description="Convert a source dataset into <out>/photos/<split>/<label>/..., classes.json, "
+        "counts.json, report.json (and annotations/<split>.csv when the source has valence/arousal).",
+        epilog="formats:\n" + "\n".join(f"  {k:<16} {v[2]} (align: {v[1]})" for k, v in FORMATS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="source format")
+    p.add_argument("--src", required=True, help="source folder (or CSV file for fer2013-csv)")
+    p.add_argument("--out", required=True, help="output dataset root, e.g. Dataset/fer2013")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share carved from train when the source has no validation split (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the carved validation split")
+    p.add_argument("--split-by", choices=("subject", "sample"), default="subject",
+                   help="carve validation by subject/source image where known (CK+, JAFFE, ExpW) or by sample")
+    p.add_argument("--align", choices=("auto", "none", "detect"), default="auto",
+                   help="MediaPipe face detection + alignment (auto: the format's default)")
+    p.add_argument("--size", type=int, default=224, help="side of aligned face crops in pixels")
+    p.add_argument("--margin", type=float, default=0.25, help="margin around the landmark box of aligned faces")
+    p.add_argument("--link", choices=("hardlink", "copy", "symlink"), default="hardlink",
+                   help="how unchanged images are placed (hardlink falls back to copy)")
+    p.add_argument("--workers", type=int, default=1, help="processes for face detection/cropping")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="do not print the count table and report")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from if3d.data.converters import convert
+
+    convert(args.format, args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
+            overwrite=args.overwrite, align=args.align, split_by=args.split_by, link=args.link, size=args.size,
+            margin=args.margin, workers=args.workers, verbose=not args.quiet)
+    return 0
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser(
+        "check",
+        help="index a dataset and print its report (pairs, annotations, bad input)",
+        description="Build the PairedDataset of a canonical root (--root/--split) or of explicit paths "
+        "(--photo-root/--render-root/--annotations, e.g. If3D's Dataset/affectnet_*) and print its report.",
+    )
+    p.add_argument("--root", help="canonical dataset root")
+    p.add_argument("--split", action="append", help="split(s) to check (default: all under photos/)")
+    p.add_argument("--photo-root", help="explicit photo folder of one split (<label>/<file>)")
+    p.add_argument("--render-root", help="explicit render folder of one split")
+    p.add_argument("--annotations", help="explicit annotation CSV (canonical or If3D number,exp,val,aro)")
+    p.add_argument("--no-renders", action="store_true", help="photo-only")
+    p.add_argument("--skip-missing-renders", action="store_true", help="count photos without a render instead of failing")
+    p.add_argument("--verify", action="store_true", help="decode every image")
+    p.add_argument("--num-classes", type=int, default=None, help="keep labels < N (e.g. 7 drops Contempt)")
+    p.add_argument("--max-paths", type=int, default=10, help="paths shown per problem kind")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args) -> int:
+    from pathlib import Path
+
+    from if3d.data.dataset import PairedDataset
+    from if3d.data.report import DataError
+
+    kw = dict(skip_missing_renders=args.skip_missing_renders, verify=args.verify, num_classes=args.num_classes)
+    datasets = []
+    try:
+        if args.root:
+            splits = args.split or sorted(p.name for p in (Path(args.root) / "photos").iterdir() if p.is_dir())
+            for split in splits:
+                datasets.append(PairedDataset(args.root, split, require_renders=not args.no_renders, **kw))
+        elif args.photo_root:
+            datasets.append(PairedDataset.from_paths(args.photo_root, None if args.no_renders else args.render_root,
+                                          args.annotations, **kw))
+        else:
+            print("check: give --root or --photo-root", file=sys.stderr)
+            return 2
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for ds in datasets:
+        print(ds)
+        print(ds.report.summary(max_paths=args.max_paths))
+    return 0
+
+
+def _run_formats(args) -> int:
+    from if3d.data.converters import FORMATS
+
+    for k, v in FORMATS.items():
+        print(f"{k:<16} {v[2]} (align: {v[1]})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m if3d.data`` parser (``cache`` only when :mod:`if3d.data.cache` provides ``add_cli``)."""
+    parser = argparse.ArgumentParser(prog="python -m if3d.data", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_convert(sub)
+    _add_check(sub)
+    sub.add_parser("formats", help="list the source formats").set_defaults(func=_run_formats)
+    try:
+        cache = importlib.import_module("if3d.data.cache")
+    except ImportError as e:
+        if getattr(e, "name", None) != "if3d.data.cache":
+            raise
+        cache = None
+    if cache is not None and hasattr(cache, "add_cli"):
+        cache.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

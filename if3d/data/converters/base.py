@@ -1,0 +1,465 @@
+"""Shared machinery of the converters: source items, split carving, the atomic writer and the count table.
+
+A converter reads a source dataset into a :class:`SourceScan` (one :class:`SourceItem` per output photo,
+plus a :class:`~if3d.data.report.DataReport` of what it had to skip); :func:`write_dataset` then assigns
+splits (official ones kept; a stratified, seeded validation split carved from ``train`` when the source
+has none), writes the canonical tree into a temporary folder next to ``--out`` and renames it into place
+only when everything is written (so an interrupted conversion never leaves a half-written dataset).
+
+Files that need no change are hard-linked (falling back to a copy across file systems), so already
+aligned datasets convert in seconds; pixel arrays (FER2013's CSV) are written as PNG; crops and aligned
+faces as JPEG (quality 95).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from if3d.data.layout import (
+    COUNTS_FILE,
+    IGNORED_NAMES,
+    IMAGE_EXTENSIONS,
+    REPORT_FILE,
+    SPLITS,
+    annotations_path,
+    photos_dir,
+    write_annotations,
+    write_classes,
+)
+from if3d.data.report import CorruptImageError, DataError, DataReport, write_json_atomic
+
+JPEG_QUALITY = 95
+
+
+@dataclass
+class SourceItem:
+    """One photo of the output dataset, as found in the source.
+
+    Exactly one of ``source`` (an image file) and ``pixels`` (a uint8 [H, W] or [H, W, 3] RGB array) is set.
+    ``box`` (left, top, right, bottom, source pixels) crops the source; ``align`` runs MediaPipe face
+    detection and alignment (inside ``box``, enlarged, when both are set). ``group`` (e.g. the subject)
+    keeps related photos in one split when a validation split is carved. ``origin`` names the source
+    (file or CSV row) in reports.
+    """
+
+    label: int
+    name: str
+    split: str | None = None
+    source: Path | None = None
+    pixels: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None
+    align: bool = False
+    valence: float | None = None
+    arousal: float | None = None
+    group: str | None = None
+    origin: str = ""
+
+
+@dataclass
+class SourceScan:
+    """What a converter found: items, problems, class names (label order) and how splits were decided."""
+
+    items: list[SourceItem]
+    report: DataReport
+    class_names: list[str]
+    split_note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class WriteOptions:
+    """Options of :func:`write_dataset`.
+
+    ``val_fraction``/``seed``: the carved validation split (when the source has no official one; 0
+    disables); ``group_split``: carve by ``SourceItem.group`` (subject-independent); ``overwrite``: replace
+    a non-empty ``out``; ``link``: ``"hardlink"`` (falls back to copy), ``"copy"`` or ``"symlink"``;
+    ``size``/``margin``: output side and margin of aligned faces; ``workers``: processes for face
+    detection/cropping; ``verbose``: print the count table and the report summary.
+    """
+
+    val_fraction: float = 0.1
+    seed: int = 0
+    group_split: bool = True
+    overwrite: bool = False
+    link: str = "hardlink"
+    size: int = 224
+    margin: float = 0.25
+    workers: int = 1
+    verbose: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------
+# splits
+
+
+def carve_validation(labels: np.ndarray, fraction: float, seed: int, groups: list | None = None) -> np.ndarray:
+    """bool [N]: which samples go to the validation split, stratified by label and seeded.
+
+    Without ``groups``: scikit-learn ``train_test_split(stratify=labels)`` (classes with a single sample
+    stay in train). With ``groups``: ``StratifiedGroupKFold(n_splits=round(1/fraction))`` and its first
+    fold, so no group (subject, source image) is in both splits; the validation share is then about
+    ``1 / n_splits``.
+
+    Raises:
+        DataError: the split is impossible (e.g. too few samples or groups for the fraction).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    labels = np.asarray(labels)
+    n = len(labels)
+    is_val = np.zeros(n, dtype=bool)
+    if n == 0 or fraction <= 0:
+        return is_val
+    if not 0 < fraction < 1:
+        raise DataError(f"val fraction must be in (0, 1), got {fraction}")
+    if groups is not None and len(set(groups)) >= 2:
+        n_splits = max(2, int(round(1.0 / fraction)))
+        n_groups = len(set(groups))
+        if n_groups < n_splits:
+            raise DataError(
+                f"cannot carve a {fraction:.0%} validation split by subject: only {n_groups} groups "
+                f"(need {n_splits}); use a larger --val-fraction or --split-by sample"
+            )
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, val_idx = next(cv.split(np.zeros(n), labels, groups))
+        is_val[val_idx] = True
+        return is_val
+    counts = Counter(labels.tolist())
+    pool = np.array([i for i in range(n) if counts[labels[i]] >= 2])
+    if len(pool) == 0:
+        return is_val
+    try:
+        _, val_idx = train_test_split(pool, test_size=fraction, stratify=labels[pool], random_state=seed)
+    except ValueError as e:
+        raise DataError(f"cannot carve a stratified {fraction:.0%} validation split from {n} samples: {e}") from e
+    is_val[val_idx] = True
+    return is_val
+
+
+def assign_splits(scan: SourceScan, opts: WriteOptions) -> str:
+    """Set ``split`` on every item (None -> train; carve ``val`` from train when no item is in val).
+
+    Returns:
+        a one-line description of how the validation split was obtained.
+    """
+    for it in scan.items:
+        if it.split is None:
+            it.split = "train"
+    if any(it.split == "val" for it in scan.items):
+        return "official validation split"
+    if opts.val_fraction <= 0:
+        return "no validation split (--val-fraction 0)"
+    train = [i for i, it in enumerate(scan.items) if it.split == "train"]
+    labels = np.array([scan.items[i].label for i in train], dtype=np.int64)
+    groups = None
+    if opts.group_split and all(scan.items[i].group is not None for i in train):
+        groups = [scan.items[i].group for i in train]
+    is_val = carve_validation(labels, opts.val_fraction, opts.seed, groups)
+    for i, v in zip(train, is_val):
+        if v:
+            scan.items[i].split = "val"
+    how = "grouped by subject/source (StratifiedGroupKFold)" if groups is not None else "stratified (train_test_split)"
+    return f"validation carved from train: fraction {opts.val_fraction}, seed {opts.seed}, {how}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# per-item work (module-level so that it runs in worker processes)
+
+_LANDMARKER = None
+
+
+def _landmarker():
+    global _LANDMARKER
+    if _LANDMARKER is None:
+        from if3d.render.landmarks import FaceLandmarker
+
+        _LANDMARKER = FaceLandmarker()
+    return _LANDMARKER
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from if3d.data.dataset import read_image
+
+    return read_image(path).permute(1, 2, 0).numpy()
+
+
+def _encode(path: Path, rgb: np.ndarray) -> None:
+    """Write ``rgb`` (uint8 [H, W] or [H, W, 3] RGB) to ``path`` (format from its extension)."""
+    img = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(path), img, params):
+        raise OSError(f"{path}: cv2.imwrite failed")
+
+
+def _place(src: Path, dest: Path, link: str) -> None:
+    if link == "symlink":
+        os.symlink(os.path.abspath(src), dest)
+        return
+    if link == "hardlink":
+        try:
+            os.link(src, dest)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                raise
+    shutil.copyfile(src, dest)
+
+
+def process_item(item: SourceItem, dest: Path, link: str, size: int, margin: float) -> tuple[str, str] | None:
+    """Write one item to ``dest``; returns ``None`` on success or ``(problem kind, detail)``."""
+    from if3d.data.converters.align import align_face, detect_landmarks, enlarge_box
+
+    try:
+        if item.pixels is not None:
+            _encode(dest, item.pixels)
+            return None
+        if item.box is None and not item.align:
+            _place(item.source, dest, link)
+            return None
+        rgb = _read_rgb(item.source)
+        h, w = rgb.shape[:2]
+        if item.box is not None:
+            left, top, right, bottom = item.box
+            left, top = max(0.0, left), max(0.0, top)
+            right, bottom = min(float(w), right), min(float(h), bottom)
+            if right - left < 2 or bottom - top < 2:
+                return "bad_box", f"box {item.box} outside the {w}x{h} image"
+        if not item.align:
+            crop = rgb[int(round(top)):int(round(bottom)), int(round(left)):int(round(right))]
+            _encode(dest, np.ascontiguousarray(crop))
+            return None
+        # detect in the (enlarged) box, then align in the full image
+        x0, y0 = 0, 0
+        region = rgb
+        if item.box is not None:
+            x0, y0, x1, y1 = enlarge_box((left, top, right, bottom), 0.5, w, h)
+            region = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        landmarks = detect_landmarks(_landmarker(), region)
+        if landmarks is None:
+            return "no_face", "MediaPipe found no face"
+        landmarks = landmarks.copy()
+        landmarks[:, 0] += x0
+        landmarks[:, 1] += y0
+        _encode(dest, align_face(rgb, landmarks, size, margin))
+        return None
+    except CorruptImageError as e:
+        return "corrupt_image", str(e).split(": ", 1)[-1]
+    except FileNotFoundError as e:
+        return "missing_source_image", str(e)
+
+
+def _process_star(args):
+    return process_item(*args)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the writer
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Raise FileExistsError when ``out`` is a file, or a non-empty folder and not ``overwrite``."""
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+
+
+def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, fmt: str = "",
+                  src: str | os.PathLike = "") -> dict:
+    """Write ``scan`` as a canonical dataset at ``out`` (atomically) and return the counts dict.
+
+    Writes ``photos/<split>/<label>/<name>``, ``annotations/<split>.csv`` (when items carry valence and
+    arousal), ``classes.json``, ``counts.json`` (the count table and how the splits were made) and
+    ``report.json`` (every skipped source item, by kind).
+
+    Raises:
+        FileExistsError: ``out`` is a non-empty folder and ``opts.overwrite`` is False.
+        DataError: no item could be written.
+    """
+    out = Path(out)
+    check_output_folder(out, opts.overwrite)
+    report = scan.report
+    split_note = assign_splits(scan, opts)
+    names = scan.class_names
+
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    try:
+        # destinations, unique per folder
+        taken: set[tuple[str, int, str]] = set()
+        jobs: list[tuple[int, Path]] = []
+        for i, it in enumerate(scan.items):
+            name = it.name
+            if it.pixels is not None or it.box is not None or it.align:
+                ext = ".png" if it.pixels is not None else ".jpg"
+                name = os.path.splitext(name)[0] + ext
+            stem, ext = os.path.splitext(name)
+            k = 1
+            while (it.split, it.label, name.lower()) in taken:
+                k += 1
+                name = f"{stem}_{k}{ext}"
+            if k > 1:
+                report.add("renamed_duplicate", it.origin or it.name, f"written as {name}")
+            taken.add((it.split, it.label, name.lower()))
+            it.name = name
+            folder = photos_dir(tmp, it.split) / str(it.label)
+            jobs.append((i, folder / name))
+        for folder in {d.parent for _, d in jobs}:
+            folder.mkdir(parents=True, exist_ok=True)
+
+        ok = np.ones(len(scan.items), dtype=bool)
+        heavy = [(i, d) for i, d in jobs if scan.items[i].box is not None or scan.items[i].align]
+        light = [(i, d) for i, d in jobs if not (scan.items[i].box is not None or scan.items[i].align)]
+        results: list[tuple[int, tuple[str, str] | None]] = []
+        for i, d in _progress(light, opts.verbose, "writing"):
+            results.append((i, process_item(scan.items[i], d, opts.link, opts.size, opts.margin)))
+        if heavy:
+            args = [(scan.items[i], d, opts.link, opts.size, opts.margin) for i, d in heavy]
+            if opts.workers > 1 and len(heavy) > 1:
+                with ProcessPoolExecutor(max_workers=opts.workers) as pool:
+                    res = list(_progress(pool.map(_process_star, args, chunksize=16), opts.verbose,
+                                         "cropping/aligning", total=len(args)))
+            else:
+                res = [_process_star(a) for a in _progress(args, opts.verbose, "cropping/aligning")]
+            results.extend((i, r) for (i, _), r in zip(heavy, res))
+        for i, r in results:
+            if r is not None:
+                report.add(r[0], scan.items[i].origin or str(scan.items[i].source), r[1])
+                ok[i] = False
+
+        written = [it for it, good in zip(scan.items, ok) if good]
+        if not written:
+            raise DataError(f"nothing could be written from {src}\n{report.summary(max_paths=20)}")
+
+        splits = [s for s in SPLITS if any(it.split == s for it in written)]
+        splits += sorted({it.split for it in written} - set(splits))
+        for split in splits:
+            rows = [(f"{it.label}/{it.name}", it.valence, it.arousal) for it in written
+                    if it.split == split and it.valence is not None and it.arousal is not None]
+            if rows:
+                write_annotations(annotations_path(tmp, split), rows)
+        write_classes(tmp, names)
+        counts = {
+            "format": fmt,
+            "source": str(src),
+            "classes": list(names),
+            "splits": {
+                s: {names[c]: sum(1 for it in written if it.split == s and it.label == c) for c in range(len(names))}
+                for s in splits
+            },
+            "totals": {s: sum(1 for it in written if it.split == s) for s in splits},
+            "split_note": f"{scan.split_note}; {split_note}" if scan.split_note else split_note,
+            "skipped": report.counts,
+        }
+        report.stats["written"] = len(written)
+        write_json_atomic(tmp / COUNTS_FILE, counts)
+        report.save_json(tmp / REPORT_FILE)
+
+        # move into place
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if opts.verbose:
+        print(format_counts(counts))
+        print(report.summary())
+    return counts
+
+
+def _progress(iterable, verbose: bool, desc: str, total: int | None = None):
+    if not verbose:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=1.0,
+                disable=None)
+
+
+def format_counts(counts: dict) -> str:
+    """The per-split, per-class count table of a ``counts.json`` dict, as text."""
+    names = counts["classes"]
+    splits = list(counts["splits"])
+    width = max(8, *(len(n) for n in names)) + 2
+    lines = [f"{counts.get('format', '')} -> {counts.get('source', '')}".strip(" ->")]
+    header = f"{'label':<6}{'class':<{width}}" + "".join(f"{s:>9}" for s in splits) + f"{'total':>9}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for c, n in enumerate(names):
+        row = [counts["splits"][s][n] for s in splits]
+        lines.append(f"{c:<6}{n:<{width}}" + "".join(f"{v:>9}" for v in row) + f"{sum(row):>9}")
+    lines.append("-" * len(header))
+    tot = [counts["totals"][s] for s in splits]
+    lines.append(f"{'':<6}{'total':<{width}}" + "".join(f"{v:>9}" for v in tot) + f"{sum(tot):>9}")
+    if counts.get("split_note"):
+        lines.append(f"splits: {counts['split_note']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers for the scanners
+
+
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "publictest": "val",
+    "test": "test", "privatetest": "test",
+}
+"""Source split folder names (lower case) onto canonical splits."""
+
+
+def list_images(folder: Path, report: DataReport) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted); other files are reported as ``non_image_file``."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name in IGNORED_NAMES:
+                continue
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                if p.stat().st_size == 0:
+                    report.add("empty_image", p)
+                else:
+                    out.append(p)
+            else:
+                report.add("non_image_file", p)
+    return out
+
+
+def find_file(src: Path, names: tuple[str, ...], what: str) -> Path:
+    """The first of ``names`` (relative paths) found under ``src`` (or ``src`` itself if it is such a file).
+
+    Raises:
+        FileNotFoundError: none found; the message lists what was looked for.
+    """
+    if src.is_file() and src.name in {Path(n).name for n in names}:
+        return src
+    for n in names:
+        p = src / n
+        if p.is_file():
+            return p
+    for n in names:  # one level deeper (archives often unpack into a folder)
+        hits = sorted(src.glob(f"*/{n}"))
+        if hits:
+            return hits[0]
+    raise FileNotFoundError(f"{src}: {what} not found (looked for {', '.join(names)})")

@@ -1,0 +1,59 @@
+"""RAF-DB basic emotions (Li et al., "Reliable Crowdsourcing and Deep Locality-Preserving Learning for
+Expression Recognition in the Wild", CVPR 2017).
+
+Source layout: ``EmoLabel/list_patition_label.txt`` (sic) with lines ``train_00001.jpg 5`` and
+``test_0001.jpg 1``; labels 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral;
+aligned 100x100 faces ``Image/aligned/<stem>_aligned.jpg`` (used as they are, hard-linked) and the
+original photos ``Image/original/<name>`` (used with ``--align detect``). The official split is kept:
+``train_*`` -> train, ``test_*`` -> test; RAF-DB has no validation split, so one is carved from train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from if3d.classes import AFFECTNET7, canonical_label
+from if3d.data.converters.base import SourceItem, SourceScan, find_file
+from if3d.data.report import DataReport
+
+RAFDB_CLASSES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
+
+
+def scan_rafdb(src: Path, align: str = "none", **_) -> SourceScan:
+    """``--src``: the RAF-DB ``basic`` folder (holding ``EmoLabel/`` and ``Image/``)."""
+    report = DataReport(f"rafdb {src}")
+    labels_file = find_file(src, ("EmoLabel/list_patition_label.txt", "list_patition_label.txt"),
+                            "list_patition_label.txt")
+    base = labels_file.parent.parent if labels_file.parent.name == "EmoLabel" else labels_file.parent
+    detect = align == "detect"
+    image_dir = base / "Image" / ("original" if detect else "aligned")
+    items = []
+    with open(labels_file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            where = f"{labels_file}:{line_no}"
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                name, code = parts[0], int(parts[1])
+                if len(parts) != 2:
+                    raise ValueError(f"expected '<file> <label>', got {line.strip()!r}")
+            except (IndexError, ValueError) as e:
+                report.add("bad_label_row", where, str(e))
+                continue
+            if code not in RAFDB_CLASSES:
+                report.add("unknown_class", where, f"label {code} outside 1..7")
+                continue
+            prefix = name.split("_", 1)[0].lower()
+            split = {"train": "train", "test": "test"}.get(prefix)
+            if split is None:
+                report.add("bad_label_row", where, f"{name}: neither train_ nor test_")
+                continue
+            stem = Path(name).stem
+            path = image_dir / (name if detect else f"{stem}_aligned.jpg")
+            if not path.is_file():
+                report.add("missing_source_image", where, str(path))
+                continue
+            items.append(SourceItem(label=canonical_label(RAFDB_CLASSES[code]), name=path.name, split=split,
+                                    source=path, align=detect, origin=where))
+    return SourceScan(items, report, list(AFFECTNET7), "official splits: train_*->train, test_*->test")
