@@ -150,7 +150,8 @@ class ExpressionEncoder(nn.Module):
 
 
 class SmirkEncoder(nn.Module):
-    """SMIRK's encoder: a face crop → FLAME parameters and camera (3.66 M parameters).
+    """SMIRK's encoder: a face crop → FLAME parameters and camera (3.60 M parameters; 3.66 M state-dict
+    values with the BatchNorm statistics).
 
     Input: RGB float [B, 3, 224, 224] in [0, 1], no mean/std normalisation, cropped as SMIRK does
     (``if3d.render.landmarks.smirk_crop_matrix``). Output: :class:`SmirkParams`.

@@ -10,7 +10,9 @@ SMIRK's use of it (public SMIRK implementation, MIT; ``../shared/docs/SMIRK.md``
 * eyelids after skinning: ``v += r_eyelid * eyelid[:, 1] + l_eyelid * eyelid[:, 0]``;
 * landmarks as barycentric points on FLAME triangles: 105 MediaPipe points
   (``mediapipe_landmark_embedding.npz``), 68 FAN points with a pose-dependent jaw contour and 68
-  static ones (``landmark_embedding.npy``; contour lookup via :func:`smplx.lbs.find_dynamic_lmk_idx_and_bcoords`);
+  static ones (``landmark_embedding.npy``; contour lookup via :func:`smplx.lbs.find_dynamic_lmk_idx_and_bcoords`,
+  i.e. DECA's/smplx's yaw sign; SMIRK's own copy of this lookup omits the minus sign of the yaw angle, which
+  only changes which contour row is picked for turned heads — the render does not use these landmarks);
 * the ``face`` region of ``FLAME_masks.pkl`` (the part SMIRK renders).
 
 ``generic_model.pkl`` is a Python 2 pickle whose arrays are ``chumpy`` objects (``chumpy.ch.Ch``; SMPL-family
