@@ -172,11 +172,11 @@ class If3DAttentionFusion(nn.Module):
         x1 = self.depthwise(photo_map)
         x2 = self.depthwise(render_map)
         b, c, h, w = x1.shape
-        query = self.query_conv(x1).view(b, -1, h * w).permute(0, 2, 1)
-        key = self.key_conv(x2).view(b, -1, h * w)
+        query = self.query_conv(x1).reshape(b, -1, h * w).permute(0, 2, 1)
+        key = self.key_conv(x2).reshape(b, -1, h * w)
         attention = torch.softmax(torch.bmm(query, key), dim=-1)
-        value = self.value_conv(x2).view(b, -1, h * w)
-        out = torch.bmm(value, attention.permute(0, 2, 1)).view(b, c, h, w) + x1
+        value = self.value_conv(x2).reshape(b, -1, h * w)
+        out = torch.bmm(value, attention.permute(0, 2, 1)).reshape(b, c, h, w) + x1
         return out.flatten(1)
 
 
