@@ -381,7 +381,7 @@ class If3DNet(nn.Module):
         if source == "if3d":
             return self._remap_if3d(sd)
         if source == "mfn_module":
-            mapped_one, _, discarded = MixedFeatureNet(embedding_size=None).remap_state_dict(sd, "mfn_module")
+            mapped_one, _, discarded = self._backbones()[0].remap_state_dict(sd, "mfn_module")
             mapped = {p + k: v for p in self.backbone_prefixes for k, v in mapped_one.items()}
             return mapped, list(self.backbone_prefixes), discarded
         if source == "ddamfn":
