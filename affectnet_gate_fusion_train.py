@@ -1,0 +1,10 @@
+"""Train the If3D gate fusion model (``if3d_gate``) on photos + 3D renders.
+
+All logic lives in :mod:`if3d.train`; run with ``--help`` for the options, e.g.
+``python affectnet_gate_fusion_train.py --data Dataset/fer2013 --out runs/gate``.
+"""
+
+from if3d.train.cli import main
+
+if __name__ == "__main__":
+    main(default_model="if3d_gate")

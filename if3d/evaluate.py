@@ -1,0 +1,303 @@
+"""The test script's logic (``affectnet_fusion_test.py``): evaluate any supported checkpoint on a split.
+
+Loads the checkpoint through ``networks.weights.build_model_from_checkpoint`` — our own
+(``best.pth``/``last.pth``, ``FinalCheckPoints/<Strategy>.pth``), If3D's original
+``FinalCheckPoints/{Linear,Attention,Gate,SPP}Fusion.pth`` (strategy, classes and heads inferred
+from the weights) or a DDAMFN checkpoint — runs it on the split and writes to the output folder:
+
+    metrics.json                     accuracy, balanced_accuracy, precision/recall/f1 (macro, weighted),
+                                     per_class, confusion_matrix, and valence/arousal (RMSE, PCC, CCC,
+                                     SAGR) when the split has VA labels and the model VA outputs
+    predictions.csv                  one row per sample: path, label, prediction, class probabilities,
+                                     valence/arousal targets and predictions
+    confusion_matrix.png             counts (seaborn), accuracy in the title
+    confusion_matrix_normalized.png  rows normalised to 1 (per-class recall on the diagonal)
+
+Labels are canonical AffectNet-order indices (``if3d.classes``); checkpoints without class names
+(the original If3D/DDAMFN files) use the first C AffectNet-8 names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import pickle
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from if3d.checkpoint import atomic_write_json, atomic_write_text
+from if3d.classes import AFFECTNET8
+from if3d.plots import plot_confusion_matrix
+from if3d.train.config import FAST_PATH_DEFAULTS, TrainConfig, resolve_amp
+from if3d.train.distributed import cleanup_distributed, init_distributed
+from if3d.train.engine import (
+    BatchPreparer,
+    _sample_path,
+    build_train_dataset,
+    evaluate,
+    summarize_predictions,
+)
+
+DEFAULT_OUT_ROOT = "FusionConfusionMatrix"
+
+
+def checkpoint_class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
+    """Class names stored in one of our checkpoints, else the first ``num_classes`` AffectNet-8 names."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # foreign formats (e.g. a pickled module) carry no class names
+        obj = None
+    names = obj.get("class_names") if isinstance(obj, dict) else None
+    if isinstance(names, list) and len(names) == num_classes:
+        return [str(n) for n in names]
+    if num_classes <= len(AFFECTNET8):
+        return list(AFFECTNET8[:num_classes])
+    return list(AFFECTNET8) + [f"class_{i}" for i in range(len(AFFECTNET8), num_classes)]
+
+
+def _num_classes(model: torch.nn.Module, streams: Sequence[str], image_size: int) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    with torch.no_grad():
+        x = torch.zeros(1, 3, image_size, image_size)
+        return int(model(*([x] * len(streams))).logits.shape[1])
+
+
+def default_out_dir(checkpoint: str | os.PathLike, split: str) -> Path:
+    """``FusionConfusionMatrix/<name>_<split>``; ``<name>`` is the file stem, prefixed by the run folder
+    for the generic ``best``/``last`` names (``runs/gate/best.pth`` → ``gate_best``)."""
+    p = Path(checkpoint)
+    name = p.stem if p.stem not in ("best", "last") else f"{p.parent.name}_{p.stem}"
+    return Path(DEFAULT_OUT_ROOT) / f"{name}_{split}"
+
+
+def write_predictions_csv(path: Path, results: dict, class_names: Sequence[str], paths: Sequence[str]) -> None:
+    """Write ``predictions.csv`` (atomic): one row per sample, in dataset order."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "path", "label", "label_name", "prediction", "prediction_name",
+                *[f"prob_{c}" for c in class_names], "valence", "arousal", "valence_pred", "arousal_pred"])
+
+    def num(v: float) -> str:
+        return "" if not math.isfinite(float(v)) else f"{float(v):.6g}"
+
+    for i in range(len(results["index"])):
+        lab, pred = int(results["label"][i]), int(results["prediction"][i])
+        w.writerow([int(results["index"][i]), paths[i], lab, class_names[lab], pred, class_names[pred],
+                    *[f"{p:.6f}" for p in results["probabilities"][i]],
+                    num(results["valence"][i]), num(results["arousal"][i]),
+                    num(results["valence_pred"][i]), num(results["arousal_pred"][i])])
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    photos: str | None = None,
+    renders: str | None = None,
+    annotations: str | None = None,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    amp: str | None = None,
+    channels_last: bool | None = None,
+    image_size: int = 112,
+    skip_missing_renders: bool = False,
+    max_samples: int | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on one split and write metrics, predictions and confusion matrices.
+
+    Args:
+        checkpoint: any file ``networks.weights.build_model_from_checkpoint`` reads.
+        data: canonical dataset root (with ``split``), or else ``photos``/``renders``/``annotations``
+            explicit paths of one split.
+        out: output folder (default :func:`default_out_dir`).
+        amp, channels_last: as for training (None: the device's default).
+        skip_missing_renders: skip (and count) photos without a render.
+        max_samples: seeded random subset of the split.
+
+    Returns:
+        The metrics dict (also in ``<out>/metrics.json``), plus ``'checkpoint'``, ``'model'``,
+        ``'split'``, ``'class_names'`` and ``'data_report'`` entries.
+
+    Raises:
+        FileNotFoundError, ValueError: missing files, bad options, or a dataset whose labels exceed
+            the model's classes (the message says which).
+    """
+    from networks.weights import build_model_from_checkpoint
+
+    if (data is None) == (photos is None):
+        raise ValueError("give either data (a canonical dataset root) or photos (explicit paths)")
+    info = init_distributed(device)
+    try:
+        model, report = build_model_from_checkpoint(checkpoint)
+        streams = tuple(getattr(model, "input_streams", ("photo",)))
+        num_classes = _num_classes(model, streams, image_size)
+        class_names = checkpoint_class_names(checkpoint, num_classes)
+        d = FAST_PATH_DEFAULTS["cuda" if info.device.type == "cuda" else "cpu"]
+        amp_mode = resolve_amp(amp if amp is not None else d.amp, info.device.type)
+        cl = d.channels_last if channels_last is None else channels_last
+        model = model.to(info.device).eval()
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+
+        cfg = TrainConfig(
+            model=model.__class__.__name__, data=data, val_split=split, val_photos=photos,
+            val_renders=renders, val_annotations=annotations, image_size=image_size,
+            skip_missing_renders=skip_missing_renders, max_val_samples=max_samples,
+            num_classes=num_classes, seed=seed, augment=False,
+        )
+        dataset = build_train_dataset(cfg, "val", photo_only=streams == ("photo",))
+        top = int(np.asarray(dataset.labels).max())
+        if top >= num_classes:
+            raise ValueError(f"the split has label {top} but the model has {num_classes} classes")
+        prepare = BatchPreparer(info.device, streams, cl, augment=False, image_size=image_size)
+        results = evaluate(model, streams, dataset, prepare, batch_size=batch_size, workers=workers,
+                           amp=amp_mode, info=info, desc="test")
+        metrics = summarize_predictions(results, class_names)
+        out_dir = Path(out) if out is not None else default_out_dir(checkpoint, split)
+        if info.is_main:
+            metrics = {
+                **metrics,
+                "checkpoint": str(checkpoint),
+                "checkpoint_format": report.source if hasattr(report, "source") else None,
+                "model": _model_label(model, report),
+                "input_streams": list(streams),
+                "split": split if data is not None else str(photos),
+                "class_names": class_names,
+                "data_report": _jsonable_report(dataset),
+            }
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out_dir / "metrics.json", _finite_or_none(metrics))
+            paths = [_sample_path(dataset, int(i)) for i in results["index"]]
+            write_predictions_csv(out_dir / "predictions.csv", results, class_names, paths)
+            acc = metrics["accuracy"]
+            stem = Path(checkpoint).stem
+            plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix.png",
+                                  title=f"{stem} on {metrics['split']}", accuracy=acc)
+            plot_confusion_matrix(metrics["confusion_matrix"], class_names,
+                                  out_dir / "confusion_matrix_normalized.png", normalize=True,
+                                  title=f"{stem} on {metrics['split']} (row-normalised)", accuracy=acc)
+            metrics["out"] = str(out_dir)
+            if verbose:
+                print(format_metrics(metrics), flush=True)
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+def _model_label(model: torch.nn.Module, report: Any) -> str:
+    name = getattr(report, "metadata", {}).get("model_name")
+    if isinstance(name, str):
+        return name
+    strategy = getattr(model, "strategy", None)
+    return f"{type(model).__name__}({strategy})" if strategy else type(model).__name__
+
+
+def _jsonable_report(dataset) -> Any:
+    rep = getattr(dataset, "report", None)
+    if rep is None or isinstance(rep, (dict, list, str)):
+        return rep
+    return rep.to_dict(max_paths=20) if hasattr(rep, "to_dict") else str(rep)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """NaN/inf → None so metrics.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def format_metrics(m: dict) -> str:
+    """A readable summary of :func:`evaluate_checkpoint`'s metrics (what the script prints)."""
+    lines = [
+        f"checkpoint {m.get('checkpoint')} ({m.get('model')}) on {m.get('split')}: {m['num_samples']} samples",
+        f"  accuracy           {m['accuracy']:.4f}",
+        f"  balanced accuracy  {m['balanced_accuracy']:.4f}",
+        f"  precision / recall / F1 (macro)     {m['precision_macro']:.4f} / {m['recall_macro']:.4f} / "
+        f"{m['f1_macro']:.4f}",
+        f"  precision / recall / F1 (weighted)  {m['precision_weighted']:.4f} / {m['recall_weighted']:.4f} / "
+        f"{m['f1_weighted']:.4f}",
+        f"  {'class':<10} {'precision':>9} {'recall':>7} {'F1':>7} {'support':>8}",
+    ]
+    for name, c in m["per_class"].items():
+        lines.append(f"  {name:<10} {c['precision']:>9.4f} {c['recall']:>7.4f} {c['f1']:>7.4f} {c['support']:>8d}")
+    for k in ("valence", "arousal"):
+        if k in m:
+            v = m[k]
+            lines.append(f"  {k:<8} RMSE {v['rmse']:.4f}  PCC {v['pcc']:.4f}  CCC {v['ccc']:.4f}  "
+                         f"SAGR {v['sagr']:.4f}  ({v['num_samples']} samples)")
+    if "out" in m:
+        lines.append(f"  written to {m['out']}/ (metrics.json, predictions.csv, confusion_matrix*.png)")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Evaluate a checkpoint (ours, If3D's FinalCheckPoints or DDAMFN's) on a dataset split.",
+        epilog="Exit status: 0 done, 2 bad options, data or checkpoint.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file")
+    p.add_argument("--data", metavar="ROOT", help="canonical dataset root")
+    p.add_argument("--split", default="test", help="split of --data (default test)")
+    p.add_argument("--photos", "--test-photos", dest="photos", metavar="DIR",
+                   help="explicit photos <DIR>/<label>/<file> (instead of --data)")
+    p.add_argument("--renders", "--test-renders", dest="renders", metavar="DIR", help="explicit renders")
+    p.add_argument("--annotations", "--test-annotations", dest="annotations", metavar="CSV",
+                   help="explicit valence/arousal CSV")
+    p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT_ROOT}/<checkpoint>_<split>)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", nargs="?", const="auto", choices=("off", "bf16", "fp16", "auto"),
+                   help="autocast (default: the device's fast-path default)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--skip-missing-renders", action="store_true", help="skip (and count) photos without a render")
+    p.add_argument("--max-samples", type=int, metavar="N", help="seeded random subset of the split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max-samples subset")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``affectnet_fusion_test.py``; exits with the status."""
+    sys.exit(run(argv))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if (args.data is None) == (args.photos is None):
+        print("error: give --data ROOT (with --split) or --photos DIR (explicit paths)", file=sys.stderr)
+        return 2
+    try:
+        evaluate_checkpoint(
+            args.checkpoint, data=args.data, split=args.split, photos=args.photos, renders=args.renders,
+            annotations=args.annotations, out=args.out, batch_size=args.batch_size, workers=args.workers,
+            device=args.device, amp=args.amp, channels_last=args.channels_last, image_size=args.image_size,
+            skip_missing_renders=args.skip_missing_renders, max_samples=args.max_samples, seed=args.seed,
+        )
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+__all__ = ["evaluate_checkpoint", "format_metrics", "get_args_parser", "main", "run"]
