@@ -216,3 +216,33 @@ def test_entry_script_help(repo_root):
     for option in ("--input", "--output", "--backend", "--size", "--workers", "--framing", "--overwrite",
                    "--smirk-checkpoint", "--flame-model", "--smirk-assets"):
         assert option in result.stdout
+
+
+def test_interrupted_run_leaves_no_partial_outputs_and_resumes(photo_tree, tmp_path, monkeypatch):
+    """Ctrl-C while writing the 4th render: finished items are in the manifest, the interrupted one left
+    neither a parameter file nor a temporary, and the next run completes the tree."""
+    import if3d.render.batch as batch
+
+    calls = {"n": 0}
+    real_encode_png = batch.encode_png
+
+    def interrupting_encode_png(image):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_encode_png(image)
+
+    out = tmp_path / "renders"
+    monkeypatch.setattr(batch, "encode_png", interrupting_encode_png)
+    with pytest.raises(KeyboardInterrupt):
+        render_tree(photo_tree, out, size=SIZE, workers=1, progress=False, chunk_size=1)
+    monkeypatch.setattr(batch, "encode_png", real_encode_png)
+
+    manifest = read_manifest(out / MANIFEST_NAME)
+    done = [r for r, (s, _) in manifest.items() if s == "ok"]
+    assert len(done) == 3
+    written = [p for p in all_files(out) if p != MANIFEST_NAME]
+    assert sorted(written) == sorted(p for r in done for p in outputs_of(r))  # pairs only, no temporaries
+    resumed = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
+    assert resumed.skipped == 3
+    assert resumed.counts["ok"] == 10

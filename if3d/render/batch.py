@@ -38,6 +38,7 @@ import csv
 import io
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -203,10 +204,10 @@ _READY_AT = 0.0
 
 def _init_worker(backend_name: str, backend_kwargs: dict, threads: int | None) -> None:
     global _BACKEND, _BACKEND_ERROR, _READY_AT
-    if threads is not None:
-        # Mesa llvmpipe (0 = draw in the calling thread), OpenCV and torch: do not oversubscribe the
-        # cores shared by the workers.
-        os.environ.setdefault("LP_NUM_THREADS", str(threads if threads > 1 else 0))
+    if threads is not None:  # a worker process: Ctrl-C is handled by the parent, which stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # OpenCV and OpenMP (torch, for SMIRK): do not oversubscribe the cores shared by the workers.
+        # Mesa's llvmpipe keeps its default threads: LP_NUM_THREADS=0 measured ~2x slower here.
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         cv2.setNumThreads(threads)
     try:
@@ -238,8 +239,13 @@ def _process_one(backend, input_root: Path, output_root: Path, rel: str) -> tupl
                 status, reason = "no_face", "no face detected"
             else:
                 png_path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write_bytes(npz_path, encode_npz(result.params))
-                _atomic_write_bytes(png_path, encode_png(result.render))
+                try:
+                    _atomic_write_bytes(npz_path, encode_npz(result.params))
+                    _atomic_write_bytes(png_path, encode_png(result.render))
+                except BaseException:  # incl. Ctrl-C: never leave a parameter file without its render
+                    npz_path.unlink(missing_ok=True)
+                    png_path.unlink(missing_ok=True)
+                    raise
                 return rel, "ok", ""
         except Exception as exc:
             status, reason = "error", f"{type(exc).__name__}: {exc}".replace("\n", " ")

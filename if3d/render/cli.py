@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the batch render; returns the process exit code (0 done, 2 bad arguments or setup)."""
+    """Run the batch render; returns the process exit code (0 done, 2 bad arguments or setup, 130 interrupted)."""
     from if3d.render.batch import render_tree
 
     parser = get_args_parser()
@@ -70,5 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"Smirk_batch_Render.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"Smirk_batch_Render.py: interrupted; finished items are recorded in {args.output}/manifest.csv, "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     print(summary)
     return 0
