@@ -204,7 +204,7 @@ class PairedDataset(Dataset):
             pdir = photos_dir(root, split)
             if not pdir.is_dir():
                 have = sorted(p.name for p in (root / "photos").iterdir()) if (root / "photos").is_dir() else []
-                raise LayoutError(f"{pdir}: no such split folder (splits present: {have or 'none'})")
+                raise LayoutError(f"{pdir}: no such split folder (splits present: {', '.join(have) or 'none'})")
             ann = annotations_path(root, split)
             photo_root = pdir
             require_renders = True if require_renders is None else require_renders
@@ -280,15 +280,19 @@ class PairedDataset(Dataset):
                 if key not in used:
                     report.add("render_without_photo", self.render_root / rel)
             if missing:
+                why = _render_manifest(self.render_root)
                 missing_paths = [str(self.photo_root / photos[i][0]) for i in missing]
+                reasons = [why.get(photos[i][0], "not rendered") for i in missing]
                 if not skip_missing_renders:
+                    listed = [f"{p}  [{r}]" for p, r in zip(missing_paths, reasons)]
                     raise MissingRenderError(
                         f"{len(missing)} of {len(photos)} photos under {self.photo_root} have no render under "
-                        f"{self.render_root} (expected <label>/<stem>.<image ext>):\n{format_paths(missing_paths)}\n"
+                        f"{self.render_root} (expected <label>/<stem>.<image ext>):\n{format_paths(listed)}\n"
                         "Render them (Smirk_batch_Render.py) or pass skip_missing_renders=True "
                         "(--skip-missing-renders) to skip them with a count."
                     )
-                report.extend("missing_render", missing_paths)
+                for p, r in zip(missing_paths, reasons):
+                    report.add("missing_render", p, r)
                 keep[missing] = False
 
         # valence / arousal
@@ -449,6 +453,33 @@ class PairedDataset(Dataset):
         counts = ", ".join(f"{n}={c}" for n, c in zip(self.class_names, self.class_counts()))
         return (f"PairedDataset({self.photo_root}, renders={self.render_root}, samples={len(self)}, "
                 f"image_size={self.image_size}, classes: {counts})")
+
+
+def _render_manifest(render_root: Path) -> dict[str, str]:
+    """photo path relative to the photo root -> why the render batch wrote no render (from manifest.csv).
+
+    Reads ``<render_root>/manifest.csv`` (``relative_path,status,reason``, written by
+    ``if3d.render.batch.render_tree``) or, when the whole dataset was rendered at once, the parent's
+    manifest with ``<split>/`` prefixed paths. Unreadable or absent manifests give an empty dict.
+    """
+    import csv
+
+    out: dict[str, str] = {}
+    for manifest, prefix in ((render_root / "manifest.csv", ""), (render_root.parent / "manifest.csv",
+                                                                   f"{render_root.name}/")):
+        if not manifest.is_file():
+            continue
+        try:
+            with open(manifest, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    rel = (row.get("relative_path") or "").replace("\\", "/")
+                    status = row.get("status") or ""
+                    if status and status != "ok" and rel.startswith(prefix):
+                        reason = row.get("reason") or ""
+                        out[rel[len(prefix):]] = f"render batch: {status}" + (f" ({reason})" if reason else "")
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+    return out
 
 
 def _render_priority(rel: str) -> tuple[str, int]:

@@ -89,7 +89,8 @@ def read_classes(root: str | os.PathLike) -> list[str]:
 
 
 def write_classes(root: str | os.PathLike, names: list[str] | tuple[str, ...]) -> None:
-    """Write ``<root>/classes.json`` (atomically)."""
+    """Write ``<root>/classes.json`` (atomically; creates ``root``)."""
+    Path(root).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(root) / CLASSES_FILE, list(names))
 
 

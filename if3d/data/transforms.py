@@ -304,7 +304,7 @@ class PairedAugment(nn.Module):
         device = photo.device
         r = self.recipe
         x = photo if render is None else torch.cat([photo, render], 1)
-        x = x.to(torch.float32).div_(255.0)
+        x = x.to(torch.float32)  # [0, 255]: normalised below exactly as normalize() does
 
         params = self.sample_geometry(b, size)
         warp = (params["angle"] != 0) | (params["tx"] != 0) | (params["ty"] != 0) | (params["scale"] != 1) \
@@ -329,10 +329,9 @@ class PairedAugment(nn.Module):
 
         if any(c > 0 for c in r.color_jitter):
             n_ch = 3 if (render is None or not self.jitter_render) else 6
-            x[:, :n_ch] = self._jitter(x[:, :n_ch])
+            x[:, :n_ch] = self._jitter(x[:, :n_ch] / 255.0) * 255.0
 
         scale, shift = _norm_coeffs(self.mean, self.std, device, torch.float32)
-        scale, shift = scale * 255.0, shift  # x is already in [0, 1]
         if render is None:
             x = x * scale + shift
         else:

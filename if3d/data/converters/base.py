@@ -446,6 +446,16 @@ def list_images(folder: Path, report: DataReport) -> list[Path]:
     return out
 
 
+def label_lines(path: Path):
+    """Yield ``(where, fields)`` for each non-empty line of a whitespace-separated label file
+    (``where`` = ``path:line`` for reports)."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if fields:
+                yield f"{path}:{line_no}", fields
+
+
 def find_file(src: Path, names: tuple[str, ...], what: str) -> Path:
     """The first of ``names`` (relative paths) found under ``src`` (or ``src`` itself if it is such a file).
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from if3d.classes import AFFECTNET7, canonical_label
-from if3d.data.converters.base import SourceItem, SourceScan, find_file
+from if3d.data.converters.base import SourceItem, SourceScan, find_file, label_lines
 from if3d.data.report import DataReport
 
 EXPW_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -30,32 +30,27 @@ def scan_expw(src: Path, align: str = "detect", **_) -> SourceScan:
     image_dir = next((d for d in (base / "image" / "origin", base / "origin", base / "image") if d.is_dir()),
                      base / "image" / "origin")
     items = []
-    with open(label_file, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            where = f"{label_file}:{line_no}"
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) != 8:
-                    raise ValueError(f"expected 8 fields, got {len(parts)}")
-                name, face_id = parts[0], int(parts[1])
-                top, left, right, bottom = (float(v) for v in parts[2:6])
-                code = int(parts[7])
-            except ValueError as e:
-                report.add("bad_label_row", where, str(e))
-                continue
-            if not 0 <= code < len(EXPW_CLASSES):
-                report.add("unknown_class", where, f"label {code} outside 0..6")
-                continue
-            if right <= left or bottom <= top:
-                report.add("bad_box", where, f"top {top} left {left} right {right} bottom {bottom}")
-                continue
-            path = image_dir / name
-            if not path.is_file():
-                report.add("missing_source_image", where, str(path))
-                continue
-            items.append(SourceItem(label=canonical_label(EXPW_CLASSES[code]), name=f"{path.stem}_{face_id}.jpg",
-                                    source=path, box=(left, top, right, bottom), align=align == "detect",
-                                    group=name, origin=where))
+    for where, parts in label_lines(label_file):
+        try:
+            if len(parts) != 8:
+                raise ValueError(f"expected 8 fields, got {len(parts)}")
+            name, face_id = parts[0], int(parts[1])
+            top, left, right, bottom = (float(v) for v in parts[2:6])
+            code = int(parts[7])
+        except ValueError as e:
+            report.add("bad_label_row", where, str(e))
+            continue
+        if not 0 <= code < len(EXPW_CLASSES):
+            report.add("unknown_class", where, f"label {code} outside 0..6")
+            continue
+        if right <= left or bottom <= top:
+            report.add("bad_box", where, f"top {top} left {left} right {right} bottom {bottom}")
+            continue
+        path = image_dir / name
+        if not path.is_file():
+            report.add("missing_source_image", where, str(path))
+            continue
+        items.append(SourceItem(label=canonical_label(EXPW_CLASSES[code]), name=f"{path.stem}_{face_id}.jpg",
+                                source=path, box=(left, top, right, bottom), align=align == "detect",
+                                group=name, origin=where))
     return SourceScan(items, report, list(AFFECTNET7), "no official split")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from if3d.classes import AFFECTNET7, canonical_label
-from if3d.data.converters.base import SourceItem, SourceScan, find_file
+from if3d.data.converters.base import SourceItem, SourceScan, find_file, label_lines
 from if3d.data.report import DataReport
 
 RAFDB_CLASSES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
@@ -28,32 +28,25 @@ def scan_rafdb(src: Path, align: str = "none", **_) -> SourceScan:
     detect = align == "detect"
     image_dir = base / "Image" / ("original" if detect else "aligned")
     items = []
-    with open(labels_file, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            where = f"{labels_file}:{line_no}"
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                name, code = parts[0], int(parts[1])
-                if len(parts) != 2:
-                    raise ValueError(f"expected '<file> <label>', got {line.strip()!r}")
-            except (IndexError, ValueError) as e:
-                report.add("bad_label_row", where, str(e))
-                continue
-            if code not in RAFDB_CLASSES:
-                report.add("unknown_class", where, f"label {code} outside 1..7")
-                continue
-            prefix = name.split("_", 1)[0].lower()
-            split = {"train": "train", "test": "test"}.get(prefix)
-            if split is None:
-                report.add("bad_label_row", where, f"{name}: neither train_ nor test_")
-                continue
-            stem = Path(name).stem
-            path = image_dir / (name if detect else f"{stem}_aligned.jpg")
-            if not path.is_file():
-                report.add("missing_source_image", where, str(path))
-                continue
-            items.append(SourceItem(label=canonical_label(RAFDB_CLASSES[code]), name=path.name, split=split,
-                                    source=path, align=detect, origin=where))
+    for where, parts in label_lines(labels_file):
+        try:
+            if len(parts) != 2:
+                raise ValueError(f"expected '<file> <label>', got {' '.join(parts)!r}")
+            name, code = parts[0], int(parts[1])
+        except ValueError as e:
+            report.add("bad_label_row", where, str(e))
+            continue
+        if code not in RAFDB_CLASSES:
+            report.add("unknown_class", where, f"label {code} outside 1..7")
+            continue
+        split = {"train": "train", "test": "test"}.get(name.split("_", 1)[0].lower())
+        if split is None:
+            report.add("bad_label_row", where, f"{name}: neither train_ nor test_")
+            continue
+        path = image_dir / (name if detect else f"{Path(name).stem}_aligned.jpg")
+        if not path.is_file():
+            report.add("missing_source_image", where, str(path))
+            continue
+        items.append(SourceItem(label=canonical_label(RAFDB_CLASSES[code]), name=path.name, split=split,
+                                source=path, align=detect, origin=where))
     return SourceScan(items, report, list(AFFECTNET7), "official splits: train_*->train, test_*->test")
