@@ -146,3 +146,18 @@ def test_bad_constructor_arguments():
         MeshRenderer(0)
     with pytest.raises(ValueError, match="light_directions"):
         MeshRenderer(8, light_directions=np.zeros((9, 3)))
+
+
+def test_several_renderers_in_one_process(renderer):
+    """Each draw makes its own context current: creating or using another renderer in between does
+    not change what the first one draws."""
+    v, f = uv_sphere(24)
+    before = renderer.render(to_pixels(v, 20), f)
+    other = MeshRenderer(32)
+    try:
+        small = other.render(to_pixels(v, 10, centre=(16, 16)), f)
+        assert np.array_equal(renderer.render(to_pixels(v, 20), f), before)
+        assert np.array_equal(other.render(to_pixels(v, 10, centre=(16, 16)), f), small)
+    finally:
+        other.release()
+    assert np.array_equal(renderer.render(to_pixels(v, 20), f), before)

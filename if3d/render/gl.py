@@ -23,8 +23,10 @@ in the view frame (FLAME's own winding); in pixel coordinates (y down) a front-f
 therefore appears clockwise on screen. ``two_sided=True`` flips the normal of back-facing fragments
 instead (useful for meshes of unknown winding; SMIRK does not do this).
 
-One OpenGL context per ``MeshRenderer`` (per process): GL objects are created once and reused; the
-vertex buffer grows when needed; the index buffer is re-uploaded only when the triangles change.
+One OpenGL context per ``MeshRenderer`` (or one shared through ``ctx=``): GL objects are created once
+and reused; the vertex buffer grows when needed; the index buffer is re-uploaded only when the
+triangles change. Each draw makes the renderer's context current, so several renderers can live in
+one process.
 EGL picks a GPU when the driver offers one (NVIDIA EGL), otherwise Mesa's llvmpipe on the CPU.
 """
 
@@ -172,6 +174,15 @@ class MeshRenderer:
         self.size = int(size)
         self.ctx = ctx if ctx is not None else create_context()
         self._own_ctx = ctx is None
+        with self.ctx:
+            self._create_objects(lights, albedo, light_intensity, two_sided)
+        self._vbo = None
+        self._ibo = None
+        self._vao = None
+        self._faces: np.ndarray | None = None
+        self._interleaved = np.empty((0, 6), dtype=np.float32)
+
+    def _create_objects(self, lights: np.ndarray, albedo: float, light_intensity: float, two_sided: bool) -> None:
         self.program = self.ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
         unit = lights / np.linalg.norm(lights, axis=1, keepdims=True)
         padded = np.zeros((_MAX_LIGHTS, 3), dtype=np.float32)
@@ -186,11 +197,6 @@ class MeshRenderer:
             color_attachments=[self.ctx.renderbuffer((self.size, self.size), components=3)],
             depth_attachment=self.ctx.depth_renderbuffer((self.size, self.size)),
         )
-        self._vbo = None
-        self._ibo = None
-        self._vao = None
-        self._faces: np.ndarray | None = None
-        self._interleaved = np.empty((0, 6), dtype=np.float32)
 
     def _upload(self, vertices: np.ndarray, faces: np.ndarray) -> None:
         nv = vertices.shape[0]
@@ -246,26 +252,29 @@ class MeshRenderer:
             raise ValueError("vertices contain NaN or infinite values")
         if faces.size and (faces.min() < 0 or faces.max() >= vertices.shape[0]):
             raise ValueError(f"face indices must lie in [0, {vertices.shape[0]}), got [{faces.min()}, {faces.max()}]")
-        self.fbo.use()
-        self.fbo.clear(0.0, 0.0, 0.0, 1.0, depth=1.0)
         if faces.shape[0] == 0:
             return np.zeros((self.size, self.size, 3), dtype=np.uint8)
-        self._upload(vertices, faces)
-        self.program["z_range"].value = (float(vertices[:, 2].min()), float(vertices[:, 2].max()))
         import moderngl
 
-        self.ctx.enable(moderngl.DEPTH_TEST)
-        self.ctx.disable(moderngl.CULL_FACE)
-        self._vao.render(moderngl.TRIANGLES, vertices=faces.shape[0] * 3)
-        raw = self.fbo.read(components=3, alignment=1)
+        # Several renderers (contexts) may live in one process: make ours current for this draw.
+        with self.ctx:
+            self.fbo.use()
+            self.fbo.clear(0.0, 0.0, 0.0, 1.0, depth=1.0)
+            self._upload(vertices, faces)
+            self.program["z_range"].value = (float(vertices[:, 2].min()), float(vertices[:, 2].max()))
+            self.ctx.enable(moderngl.DEPTH_TEST)
+            self.ctx.disable(moderngl.CULL_FACE)
+            self._vao.render(moderngl.TRIANGLES, vertices=faces.shape[0] * 3)
+            raw = self.fbo.read(components=3, alignment=1)
         # OpenGL rows run bottom-up; image rows run top-down.
         return np.frombuffer(raw, dtype=np.uint8).reshape(self.size, self.size, 3)[::-1].copy()
 
     def release(self) -> None:
         """Free the GL objects (and the context when this renderer created it)."""
-        for obj in (self._vao, self._ibo, self._vbo, self.fbo, self.program):
-            if obj is not None:
-                obj.release()
+        with self.ctx:
+            for obj in (self._vao, self._ibo, self._vbo, self.fbo, self.program):
+                if obj is not None:
+                    obj.release()
         self._vao = self._ibo = self._vbo = None
         if self._own_ctx:
             self.ctx.release()
