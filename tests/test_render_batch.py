@@ -246,3 +246,20 @@ def test_interrupted_run_leaves_no_partial_outputs_and_resumes(photo_tree, tmp_p
     resumed = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
     assert resumed.skipped == 3
     assert resumed.counts["ok"] == 10
+
+
+def test_benchmark_smoke(repo_root, data_dir, tmp_path):
+    """benchmarks/bench_render.py --smoke runs and reports images/s as JSON (no timing is asserted)."""
+    import json
+
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(repo_root / "benchmarks" / "bench_render.py"), "--smoke",
+                             "--data", str(data_dir / "ckplus48"), "--json", str(out)],
+                            capture_output=True, text=True, cwd=repo_root, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    run = report["results"]["1"]
+    assert report["config"]["images"] == 8
+    assert run["counts"]["ok"] + run["counts"]["no_face"] == 8
+    assert run["images_per_s"]["median"] > 0
+    assert run["images_per_s"]["min"] <= run["images_per_s"]["median"] <= run["images_per_s"]["max"]
