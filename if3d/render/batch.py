@@ -52,8 +52,8 @@ STATUSES = ("ok", "no_face", "unreadable", "error")
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = ("relative_path", "status", "reason")
 PNG_COMPRESSION = 1
-"""zlib level for render PNGs: renders are mostly black and grey gradients, level 1 is ~3x faster to
-write than OpenCV's default 3 and only slightly larger."""
+"""zlib level for render PNGs. Measured on a 224 x 224 render: level 1 1.8 ms / 19.8 kB, OpenCV's
+default 3 2.5 ms / 16.7 kB, level 6 4.5 ms / 15.3 kB."""
 _TMP_MARK = ".tmp-if3d-"
 _MANIFEST_FLUSH_S = 5.0
 
