@@ -463,7 +463,7 @@ def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.opt
         impl["fused"] = True
     elif cfg.optimizer_impl == "foreach":
         impl["foreach"] = True
-    elif cfg.optimizer_impl != "default":
+    elif cfg.optimizer_impl not in (None, "default"):
         raise ValueError(f"optimizer_impl must be default, foreach or fused, got {cfg.optimizer_impl!r}")
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
@@ -956,16 +956,6 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
             "command": sys.argv,
         },
     }
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", run_info)
-        rows = [r for r in _read_metrics_rows(metrics_path) if int(r["epoch"]) <= epochs_done]
-        _write_metrics_rows(metrics_path, rows)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=step if step else None)
-    barrier()
-
     ckpt_config = {**cfg.to_dict(), "_world_size": info.world_size}
 
     def checkpoint(epoch_count: int, metrics: dict) -> dict:
@@ -984,9 +974,20 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
             metrics=metrics,
         )
 
+    # Ctrl-C / SIGTERM from here on: finish the step, save a resumable last.pth, exit 130.
     stop = _StopFlag()
     stop.install()
     try:
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "config.json", run_info)
+            rows = [r for r in _read_metrics_rows(metrics_path) if int(r["epoch"]) <= epochs_done]
+            _write_metrics_rows(metrics_path, rows)
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=step if step else None)
+        barrier()
+
         for epoch in range(epochs_done, cfg.epochs):
             order = epoch_indices(train_dataset, epoch, cfg.seed, cfg.balanced_sampling, info.rank,
                                   info.world_size)[: steps_per_epoch * local_batch]
@@ -1070,8 +1071,8 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
             else:
                 state = _EpochState.empty()
             barrier()
-            if stop.requested or (cfg.interrupt_after_steps is not None and step >= cfg.interrupt_after_steps
-                                  and epochs_done < cfg.epochs):
+            asked = cfg.interrupt_after_steps is not None and step >= cfg.interrupt_after_steps
+            if epochs_done < cfg.epochs and (stop.requested or asked):
                 raise TrainingInterrupted(
                     f"training interrupted after epoch {epochs_done}, step {step}; resumable checkpoint "
                     f"{out / 'last.pth'} (continue with --resume {out / 'last.pth'})"

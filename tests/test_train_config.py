@@ -1,0 +1,107 @@
+"""Presets as data, command-line resolution, learning-rate schedules, fast-path defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from if3d.train.cli import config_from_args
+from if3d.train.config import (
+    FAST_PATH_DEFAULTS,
+    PRESETS,
+    STRATEGY_MODELS,
+    TrainConfig,
+    config_from_preset,
+    resolve_amp,
+)
+from if3d.train.engine import build_optimizer, build_scheduler
+
+
+def test_presets_hold_the_original_recipes():
+    if3d, ddamfn = PRESETS["if3d"], PRESETS["ddamfn"]
+    assert (if3d.optimizer, if3d.lr, if3d.scheduler, if3d.batch_size, if3d.epochs) == ("adamw", 5e-5, "cyclic", 128, 100)
+    assert (if3d.cyclic_base_lr, if3d.cyclic_max_lr, if3d.cyclic_mode) == (1e-6, 1e-4, "triangular")
+    assert if3d.cyclic_step_size_up is None  # half an epoch, as If3D's len(train_loader) // 2
+    assert (ddamfn.optimizer, ddamfn.lr, ddamfn.weight_decay, ddamfn.scheduler, ddamfn.exp_gamma, ddamfn.epochs) == (
+        "adam", 1e-4, 0.0, "exponential", 0.6, 40)
+    for r in (if3d, ddamfn):
+        assert r.balanced_sampling
+        assert (r.loss.attention, r.loss.alignment) == (0.1, 0.1)
+
+
+def test_cli_resolves_preset_per_model_and_overrides(tmp_path):
+    cfg = config_from_args(["--data", str(tmp_path)], "if3d_gate")
+    assert (cfg.model, cfg.preset, cfg.optimizer, cfg.batch_size, cfg.epochs) == ("if3d_gate", "if3d", "adamw", 128, 100)
+    assert cfg.out.endswith("if3d_gate")
+    base = config_from_args(["--data", str(tmp_path), "--model", "ddamfn", "--lr", "3e-4", "--amp", "bf16",
+                             "--fused-optimizer", "--no-channels-last"], "if3d_linear")
+    assert (base.model, base.preset, base.optimizer, base.scheduler, base.lr) == (
+        "ddamfn", "ddamfn", "adam", "exponential", 3e-4)
+    assert (base.amp, base.optimizer_impl, base.channels_last, base.compile) == ("bf16", "fused", False, None)
+    bare = config_from_args(["--data", str(tmp_path), "--amp"], "if3d_spp")
+    assert bare.amp == "auto"
+
+
+def test_cli_rejects_missing_or_conflicting_data(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args([], "if3d_linear")
+    assert "--data ROOT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        config_from_args(["--data", str(tmp_path), "--train-photos", str(tmp_path)], "if3d_linear")
+    with pytest.raises(SystemExit):
+        config_from_args(["--train-photos", str(tmp_path)], "if3d_linear")
+
+
+def test_strategy_scripts_map_to_registered_models():
+    import networks.ddamfn  # noqa: F401 - registers ddamfn
+    import networks.if3d  # noqa: F401 - registers the If3D models
+    from networks import list_models
+
+    assert set(STRATEGY_MODELS.values()) <= set(list_models())
+
+
+def _lrs(cfg: TrainConfig, steps_per_epoch: int, n: int) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(cfg, [p], torch.device("cpu"))
+    sched, interval = build_scheduler(cfg, opt, steps_per_epoch)
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out, interval
+
+
+def test_cyclic_schedule_is_one_triangle_per_epoch():
+    lrs, interval = _lrs(config_from_preset("if3d"), steps_per_epoch=10, n=11)
+    assert interval == "step"
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[5] == pytest.approx(1e-4)  # step_size_up = 10 // 2
+    assert lrs[10] == pytest.approx(1e-6)
+    assert lrs[2] == pytest.approx(1e-6 + (1e-4 - 1e-6) * 2 / 5)
+
+
+def test_exponential_schedule_decays_per_epoch():
+    lrs, interval = _lrs(config_from_preset("ddamfn"), steps_per_epoch=10, n=3)
+    assert interval == "epoch"
+    assert lrs == pytest.approx([1e-4, 6e-5, 3.6e-5])
+
+
+def test_fast_path_defaults_live_in_one_table_and_resolve():
+    assert set(FAST_PATH_DEFAULTS) == {"cpu", "cuda"}
+    assert resolve_amp("off", "cpu") == "off"
+    assert resolve_amp("auto", "cpu") in ("off", "bf16")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_amp("fp16", "cpu")
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_amp("int8", "cpu")
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = config_from_preset("ddamfn", model="ddamfn", data="x", epochs=3)
+    again = TrainConfig.from_dict({**cfg.to_dict(), "a_future_field": 1})
+    assert again == cfg
+    with pytest.raises(KeyError, match="unknown preset"):
+        config_from_preset("nope")
+    with pytest.raises(TypeError, match="unknown TrainConfig fields"):
+        config_from_preset("if3d", learning_rate=1)

@@ -1,0 +1,169 @@
+"""The training engine end to end on a generated dataset with tiny models: run directory, exact
+resumption (mid-epoch and at an epoch boundary), Ctrl-C, non-finite loss, photo-only baseline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from _train_helpers import CLASS_NAMES_7, TinyFusion, make_dataset
+from PIL import Image
+
+import networks
+from if3d.train.cli import config_from_args, run
+from if3d.train.engine import NonFiniteLossError, TrainingInterrupted, fit
+
+TIMING = {"images_per_s", "epoch_time_s"}
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny", per_class=4, val_per_class=2, missing_renders=0)
+
+
+def _args(data: Path, out: Path, *extra: str, model: str = "tiny_fusion_test", epochs: int = 2) -> list[str]:
+    return ["--model", model, "--data", str(data), "--epochs", str(epochs), "--batch-size", "8",
+            "--workers", "0", "--image-size", "24", "--out", str(out), *extra]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return sa["step"] == sb["step"] and all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+
+
+def test_run_directory_contents(data, tmp_path):
+    out = tmp_path / "run"
+    assert run(_args(data, out)) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["model"] == "tiny_fusion_test"
+    assert cfg["config"]["val_split"] == "val"  # resolved, not left to a default
+    assert cfg["config"]["amp"] in ("off", "bf16")  # fast paths resolved for the device
+    assert cfg["run"]["git"]["commit"]
+    assert cfg["run"]["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert cfg["run"]["num_train_samples"] == 28
+    assert cfg["run"]["num_val_samples"] == 14
+    assert cfg["run"]["steps_per_epoch"] == 3
+    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for col in ("train_loss", "train_ce", "train_attention", "train_alignment", "train_va", "val_accuracy",
+                "val_balanced_accuracy", "val_f1_macro", "lr", "images_per_s"):
+        assert all(r[col] != "" for r in rows), col
+    assert float(rows[0]["train_va"]) > 0  # half of the photos have valence/arousal
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    for name in ("last.pth", "best.pth"):
+        ck = torch.load(out / name, weights_only=True)
+        assert ck["format"] == "if3d-toolkit"
+        assert ck["model_name"] == "tiny_fusion_test"
+        assert ck["class_names"] == CLASS_NAMES_7
+        assert set(ck["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 2
+    for png in ("confusion_matrix_best.png", "confusion_matrix_best_normalized.png"):
+        with Image.open(out / png) as im:
+            im.verify()
+        with Image.open(out / png) as im:
+            assert im.format == "PNG"
+            assert min(im.size) > 200
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize("stop_at", [4, 3], ids=["mid-epoch", "epoch-boundary"])
+def test_interrupted_run_resumes_to_the_same_result(data, tmp_path, stop_at):
+    assert run(_args(data, tmp_path / "a")) == 0
+    assert run(_args(data, tmp_path / "b", "--interrupt-after-steps", str(stop_at))) == 130
+    assert torch.load(tmp_path / "b" / "last.pth", weights_only=True)["step"] == stop_at
+    assert run(["--resume", str(tmp_path / "b")]) == 0
+    assert _same_weights(tmp_path / "a" / "last.pth", tmp_path / "b" / "last.pth")
+    assert _same_weights(tmp_path / "a" / "best.pth", tmp_path / "b" / "best.pth")
+    assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
+
+
+class _SigintAt(torch.utils.data.Dataset):
+    """Sends SIGINT to this process when sample number ``at`` is read (like a Ctrl-C mid-epoch)."""
+
+    def __init__(self, base, at: int) -> None:
+        self.base, self.at, self.reads = base, at, 0
+        self.labels, self.class_names = base.labels, base.class_names
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.base[i]
+
+
+def test_sigint_saves_a_resumable_checkpoint(data, tmp_path):
+    from if3d.data.dataset import PairedDataset
+
+    train = PairedDataset(data, "train", image_size=24)
+    full = config_from_args(_args(data, tmp_path / "a"))
+    fit(full, train_dataset=train)
+    cfg = config_from_args(_args(data, tmp_path / "b"))
+    with pytest.raises(TrainingInterrupted, match="interrupted at epoch 1, step 2"):
+        fit(cfg, train_dataset=_SigintAt(train, at=12))  # during the second batch of 8
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = config_from_args(["--resume", str(tmp_path / "b" / "last.pth")])
+    fit(resumed, train_dataset=train)
+    assert _same_weights(tmp_path / "a" / "last.pth", tmp_path / "b" / "last.pth")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    real = networks.create_model
+    monkeypatch.setattr(networks, "create_model",
+                        lambda name, **kw: TinyFusion(nan_after=4, **kw) if name == "tiny_fusion_test" else real(name, **kw))
+    out = tmp_path / "run"
+    cfg = config_from_args(_args(data, out, epochs=3))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2, step 5 \(loss=nan"):
+        fit(cfg)
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert ck["epoch"] == 1
+    assert ck["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert len(_rows(out / "metrics.csv")) == 1
+    monkeypatch.setattr(networks, "create_model", real)
+
+
+def test_cli_exit_codes_and_final_checkpoint(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    final = tmp_path / "final"
+    assert run(_args(data, out, "--final-checkpoint", str(final), epochs=1)) == 0
+    assert (final / "tiny_fusion_test.pth").is_file()
+    assert torch.load(final / "tiny_fusion_test.pth", weights_only=True)["format"] == "if3d-toolkit"
+    assert run(_args(data, out, epochs=1)) == 2  # refuses to overwrite a run
+    assert "already holds a run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        config_from_args(["--resume", str(out), "--lr", "1"])
+    assert "cannot change: lr" in capsys.readouterr().err
+
+
+def test_photo_only_baseline_sees_the_fusion_samples(tmp_path, capsys):
+    data = make_dataset(tmp_path / "gaps", per_class=3, val_per_class=2, missing_renders=3)
+    assert run(_args(data, tmp_path / "fail", epochs=1)) == 2
+    assert "3 of 21 photos" in capsys.readouterr().err  # missing renders are an error by default
+    assert run(_args(data, tmp_path / "fusion", "--skip-missing-renders", epochs=1)) == 0
+    assert run(_args(data, tmp_path / "photo", "--skip-missing-renders", model="tiny_photo_test", epochs=1)) == 0
+    fusion = json.loads((tmp_path / "fusion" / "config.json").read_text())["run"]
+    photo = json.loads((tmp_path / "photo" / "config.json").read_text())["run"]
+    assert fusion["num_train_samples"] == photo["num_train_samples"] == 18
+    assert photo["input_streams"] == ["photo"]
+    assert fusion["train_data_report"]["counts"]["missing_render"] == 3
