@@ -1016,7 +1016,8 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
             if scheduler is not None and sched_interval == "epoch":
                 scheduler.step()
 
-            results = evaluate(train_model, streams, val_dataset, prepare, batch_size=local_batch,
+            # the plain module: no DDP collectives in a loop whose shards may differ by one batch
+            results = evaluate(model, streams, val_dataset, prepare, batch_size=local_batch,
                                workers=cfg.workers, amp=cfg.amp, info=info, desc=f"val {epoch + 1}")
             epochs_done = epoch + 1
             n = max(state.samples, 1.0)
