@@ -167,3 +167,39 @@ def test_photo_only_baseline_sees_the_fusion_samples(tmp_path, capsys):
     assert fusion["num_train_samples"] == photo["num_train_samples"] == 18
     assert photo["input_streams"] == ["photo"]
     assert fusion["train_data_report"]["counts"]["missing_render"] == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--amp", "bf16", "--channels-last", "--fused-optimizer"], ("bf16", True, "fused")),
+        (["--amp", "off", "--no-channels-last", "--foreach"], ("off", False, "foreach")),
+    ],
+    ids=["bf16-channels_last-fused", "fp32-foreach"],
+)
+def test_fast_paths_are_switchable(data, tmp_path, flags, expected):
+    out = tmp_path / "run"
+    assert run(_args(data, out, *flags, epochs=1)) == 0
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert (cfg["amp"], cfg["channels_last"], cfg["optimizer_impl"]) == expected
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_pretrained_backbone_is_loaded(spec_dir, tmp_path):
+    from networks import create_model, load_weights
+
+    mfn = spec_dir / "mfn_pickled_module.pth"  # the format of DDAMFN's MFN_msceleb.pth
+    data = make_dataset(tmp_path / "d112", per_class=2, val_per_class=1, size=112)
+    out = tmp_path / "run"
+    # lr 0: the trained parameters must still be the pretrained ones
+    assert run(["--model", "ddamfn", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                "--out", str(out), "--pretrained", str(mfn), "--scheduler", "none", "--lr", "0"]) == 0
+    assert "mfn_module" in json.loads((out / "config.json").read_text())["run"]["pretrained_report"]
+    reference = create_model("ddamfn", num_classes=7)
+    load_weights(reference, mfn)
+    ck = torch.load(out / "last.pth", weights_only=True)
+    backbone = [k for k, _ in reference.named_parameters() if k.startswith("backbone.")]
+    assert backbone
+    for k in backbone:
+        assert torch.equal(ck["model"][k], reference.state_dict()[k]), k
