@@ -316,18 +316,21 @@ def test_expw_boxes_detection_and_alignment(data_dir, tmp_path):
     assert np.corrcoef(crop.ravel(), aligned.ravel())[0, 1] > 0.3
 
 
-def test_expw_plain_box_crop(data_dir, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_expw_plain_box_crop(data_dir, tmp_path, workers):
     src = tmp_path / "ExpW"
-    (p, emo), = _uncropped(data_dir, 1)
-    canvas, boxes = _scene([_rgb(p)])
+    faces = _uncropped(data_dir, 2)
+    canvas, boxes = _scene([_rgb(p) for p, _ in faces])
     _write(src / "image" / "origin" / "a.jpg", canvas)
-    left, top, right, bottom = boxes[0]
     (src / "label").mkdir()
-    (src / "label" / "label.lst").write_text(f"a.jpg 0 {top} {left} {right} {bottom} 99.0 3\n")
+    (src / "label" / "label.lst").write_text(
+        "".join(f"a.jpg {i} {top} {left} {right} {bottom} 99.0 3\n" for i, (left, top, right, bottom) in enumerate(boxes)))
     out = tmp_path / "out"
-    convert("expw", src, out, align="none", val_fraction=0, verbose=False)
-    crop = cv2.imread(str(out / "photos" / "train" / "1" / "a_0.jpg"))
-    assert crop.shape == (bottom - top, right - left, 3)
+    convert("expw", src, out, align="none", val_fraction=0, workers=workers, verbose=False)
+    for i, (left, top, right, bottom) in enumerate(boxes):
+        crop = cv2.imread(str(out / "photos" / "train" / "1" / f"a_{i}.jpg"))
+        assert crop.shape == (bottom - top, right - left, 3)
+        assert np.abs(crop.astype(float) - canvas[top:bottom, left:right, ::-1]).mean() < 3  # JPEG
 
 
 # ---------------------------------------------------------------------------------------------- SFEW, JAFFE

@@ -263,6 +263,23 @@ def test_any_source_image_becomes_rgb_uint8(tmp_path, data_dir):
     assert np.array_equal(full.permute(1, 2, 0).numpy(), face)
 
 
+def test_check_command_prints_the_report(data_dir, tmp_path, capsys):
+    from if3d.data.__main__ import main
+
+    root = tmp_path / "bad"
+    _bad_tree(root, _faces(data_dir, 4))
+    assert main(["check", "--root", str(root)]) == 1
+    assert "lonely.jpg" in capsys.readouterr().err
+    assert main(["check", "--root", str(root), "--skip-missing-renders", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "corrupt_image: 2" in out
+    assert "missing_render: 1" in out
+    assert "samples: 4" in out
+    photo_root = root / "photos" / "train"
+    assert main(["check", "--photo-root", str(photo_root), "--no-renders"]) == 0
+    assert "unknown_label_folder: 2" in capsys.readouterr().out
+
+
 def test_batches_through_a_dataloader_with_the_balanced_sampler(data_dir, tmp_path):
     root = tmp_path / "ds"
     _canonical(root, _faces(data_dir, 9))

@@ -14,6 +14,7 @@ faces as JPEG (quality 95).
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import shutil
 import sys
@@ -330,7 +331,9 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
         if heavy:
             args = [(scan.items[i], d, opts.link, opts.size, opts.margin) for i, d in heavy]
             if opts.workers > 1 and len(heavy) > 1:
-                with ProcessPoolExecutor(max_workers=opts.workers) as pool:
+                # spawn, not fork: forking after OpenCV/torch started their thread pools can deadlock
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx) as pool:
                     res = list(_progress(pool.map(_process_star, args, chunksize=16), opts.verbose,
                                          "cropping/aligning", total=len(args)))
             else:
