@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 
@@ -136,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+        # the ``if3d-convert`` console script: ``if3d-convert --format F --src S --out O`` means ``convert``
+        if os.path.basename(sys.argv[0]).startswith("if3d-convert") and (not argv or argv[0].startswith("-")) \
+                and argv[:1] not in (["-h"], ["--help"]):
+            argv = ["convert", *argv]
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
