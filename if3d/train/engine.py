@@ -299,19 +299,21 @@ def _open_cached(cfg: TrainConfig, paths: Mapping[str, Any], photo_only: bool) -
         from if3d.data.cache import open_cache_if_valid
     except ImportError:
         return None
-    dataset_kwargs: dict[str, Any] = {}
-    if cfg.skip_missing_renders:
-        dataset_kwargs["skip_missing_renders"] = True
-    for cache_photo_only in ((False, True) if photo_only else (False,)):
+    renders_exist = paths["render_root"] is not None and Path(paths["render_root"]).is_dir()
+    candidates = [(False, {"skip_missing_renders": True} if cfg.skip_missing_renders else {})]
+    if photo_only and not (cfg.skip_missing_renders and renders_exist):
+        candidates.append((True, {}))  # no render filter to reproduce: a photo-only cache will do
+    for cache_photo_only, dataset_kwargs in candidates:
         ds = open_cache_if_valid(cfg.data, paths["split"], cfg.image_size, photo_only=cache_photo_only,
                                  dataset_kwargs=dataset_kwargs)
-        if ds is not None:
-            if cfg.num_classes is not None and len(ds.class_names) > cfg.num_classes:
-                keep = np.flatnonzero(np.asarray(ds.labels) < cfg.num_classes)
-                ds = _Subset(ds, keep)
-                ds.class_names = ds.class_names[: cfg.num_classes]
-            print(f"using the pre-decoded cache {getattr(ds, 'path', '')} for split {paths['split']}", flush=True)
-            return ds
+        if ds is None:
+            continue
+        print(f"using the pre-decoded cache {ds.path} for split {paths['split']}", flush=True)
+        if cfg.num_classes is not None and len(ds.class_names) > cfg.num_classes:
+            keep = np.flatnonzero(np.asarray(ds.labels) < cfg.num_classes)
+            ds = _Subset(ds, keep)
+            ds.class_names = ds.class_names[: cfg.num_classes]
+        return ds
     return None
 
 
