@@ -203,3 +203,21 @@ def test_pretrained_backbone_is_loaded(spec_dir, tmp_path):
     assert backbone
     for k in backbone:
         assert torch.equal(ck["model"][k], reference.state_dict()[k]), k
+
+
+def test_cache_gives_the_same_training_and_stale_caches_are_refused(tmp_path, capsys):
+    from if3d.data.cache import build_cache
+
+    data = make_dataset(tmp_path / "cached", per_class=3, val_per_class=2)
+    for split in ("train", "val"):
+        build_cache(data, split, 24, progress=False)
+    assert run(_args(data, tmp_path / "jpeg", "--cache", "off", epochs=1)) == 0
+    capsys.readouterr()
+    assert run(_args(data, tmp_path / "cache", epochs=1)) == 0
+    assert "using the pre-decoded cache" in capsys.readouterr().out
+    assert _same_weights(tmp_path / "jpeg" / "last.pth", tmp_path / "cache" / "last.pth")
+    photo = next((data / "photos" / "train" / "0").iterdir())
+    Image.new("RGB", (24, 24), (9, 9, 9)).save(photo)
+    os.utime(photo, ns=(1, 1))  # a changed source file
+    assert run(_args(data, tmp_path / "stale", epochs=1)) == 2
+    assert "stale" in capsys.readouterr().err

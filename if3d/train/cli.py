@@ -178,7 +178,10 @@ def _check_out_dir(cfg: TrainConfig) -> None:
 
 def run(argv: Sequence[str] | None = None, default_model: str = "if3d_linear") -> int:
     """Train from command-line arguments; returns the exit status (see the module docstring)."""
+    from if3d.checkpoint import CheckpointError
+    from if3d.data.cache import CacheError
     from if3d.train.engine import NonFiniteLossError, TrainingInterrupted, fit
+    from networks.weights import UnsafePickleError, WeightLoadError
 
     cfg = config_from_args(argv, default_model)
     try:
@@ -190,7 +193,8 @@ def run(argv: Sequence[str] | None = None, default_model: str = "if3d_linear") -
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, CacheError, CheckpointError,
+            WeightLoadError, UnsafePickleError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

@@ -1060,12 +1060,12 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
                 if writer is not None:
                     for k in _TERMS:
                         col = "train_loss" if k == "loss" else f"train_{k}"
-                        writer.add_scalar(f"train/{k}", float(row[col]), epochs_done)
-                    writer.add_scalar("train/accuracy", float(row["train_accuracy"]), epochs_done)
+                        writer.add_scalar(f"train/{k}", float(row[col]), step)
+                    writer.add_scalar("train/accuracy", float(row["train_accuracy"]), step)
                     for k in ("accuracy", "balanced_accuracy", "f1_macro"):
-                        writer.add_scalar(f"val/{k}", val[k], epochs_done)
-                    writer.add_scalar("lr", lr_now, epochs_done)
-                    writer.add_scalar("images_per_s", float(row["images_per_s"]), epochs_done)
+                        writer.add_scalar(f"val/{k}", val[k], step)
+                    writer.add_scalar("lr", lr_now, step)
+                    writer.add_scalar("images_per_s", float(row["images_per_s"]), step)
                     writer.flush()
                 print(f"epoch {epochs_done}/{cfg.epochs}: loss {float(row['train_loss']):.4f}, "
                       f"val accuracy {val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f}, "
