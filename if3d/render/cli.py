@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 
 from if3d.render.backends import BACKENDS, FRAMINGS
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             framing=args.framing, overwrite=args.overwrite, backend_kwargs=backend_kwargs,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        # UnpicklingError: a weight file refused by the allow-list loaders (names the global).
         print(f"Smirk_batch_Render.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
