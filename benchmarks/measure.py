@@ -63,12 +63,35 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def tune_glibc_malloc() -> bool:
+    """Keep freed memory in the heap instead of returning large blocks to the OS (glibc only).
+
+    glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
+    returns it with ``munmap`` on free, so each large activation of a CPU training step is paid again
+    in page faults (zeroing) on every step. ``M_MMAP_MAX = 0`` sends those allocations to the heap and a
+    high ``M_TRIM_THRESHOLD`` keeps the heap from being trimmed, so steady-state steps reuse memory.
+    Returns whether the settings were applied (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def _setup_threads(case: dict) -> None:
+    """Process-wide settings of a case: torch threads and, when asked, the glibc allocator tuning."""
     import torch
 
     threads = case.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
+    if case.get("malloc_tuning") and not tune_glibc_malloc():
+        raise RuntimeError("malloc_tuning asked for, but glibc's mallopt is not available here")
 
 
 def _train_config(case: dict, **extra):
@@ -165,37 +188,50 @@ def _timed_runs(step, device, steps: int, repeats: int, pairs_per_step: int) -> 
 
 
 def task_model(case: dict) -> dict:
-    """Model-only throughput (synthetic tensors) and peak memory of one configuration."""
+    """Model-only throughput (synthetic tensors) and peak memory of one configuration.
+
+    ``case["modes"]`` (default ``[case["mode"]]``) lists ``"eval"`` and/or ``"train"``; they run in that
+    order on the same model, evaluation first, so the peak RSS recorded after each mode is that mode's own
+    peak (``ru_maxrss`` only grows). Returns ``{mode: figures, ...}`` for several modes, the figures
+    themselves for one.
+    """
     import torch
 
     _setup_threads(case)
     device = torch.device(case.get("device", "cpu"))
+    modes = list(case.get("modes") or [case.get("mode", "train")])
     rss_before = maxrss_mib()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    step = _ModelStep(case)
-    _sync(device)
-    t = time.perf_counter()
-    step()  # first step: oneDNN primitive creation, torch.compile compilation
-    _sync(device)
-    first_step_s = time.perf_counter() - t
-    for _ in range(max(0, int(case.get("warmup", 1)) - 1)):
-        step()
-    runs = _timed_runs(step, device, int(case.get("steps", 1)), int(case.get("repeats", 3)), step.batch)
-    out = {
-        "img_pairs_per_s": stats(runs),
-        "first_step_s": round(first_step_s, 3),
-        "peak_rss_mib": round(maxrss_mib(), 1),
-        "rss_before_model_mib": round(rss_before, 1),
-        "params_m": round(sum(p.numel() for p in step.model.parameters()) / 1e6, 3),
-        "threads": torch.get_num_threads(),
-    }
-    if case.get("compile"):
-        # compilation time = first step minus a steady step
-        out["compile_s"] = round(max(0.0, first_step_s - step.batch / out["img_pairs_per_s"]["median"]), 3)
-    if device.type == "cuda":
-        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return out
+    model, out = None, {}
+    for mode in sorted(modes, key=lambda m: m != "eval"):
+        mcase = {**case, "mode": mode, **(case.get(f"{mode}_settings") or {})}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step = _ModelStep(mcase, model=model)
+        model = step.model
+        _sync(device)
+        t = time.perf_counter()
+        step()  # first step: oneDNN primitive creation, torch.compile compilation
+        _sync(device)
+        first_step_s = time.perf_counter() - t
+        for _ in range(max(0, int(mcase.get("warmup", 1)) - 1)):
+            step()
+        runs = _timed_runs(step, device, int(mcase.get("steps", 1)), int(mcase.get("repeats", 3)), step.batch)
+        res = {
+            "img_pairs_per_s": stats(runs),
+            "first_step_s": round(first_step_s, 3),
+            "peak_rss_mib": round(maxrss_mib(), 1),
+            "rss_before_model_mib": round(rss_before, 1),
+            "params_m": round(sum(p.numel() for p in step.model.parameters()) / 1e6, 3),
+            "threads": torch.get_num_threads(),
+        }
+        if mcase.get("compile"):
+            # compilation time = first step minus a steady step
+            res["compile_s"] = round(max(0.0, first_step_s - step.batch / res["img_pairs_per_s"]["median"]), 3)
+        if device.type == "cuda":
+            res["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out[mode] = res
+        del step
+    return out if len(modes) > 1 else out[modes[0]]
 
 
 def _engine_loader(dataset, indices, batch: int, workers: int, device):

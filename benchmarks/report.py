@@ -36,6 +36,8 @@ def _fast_path(row: dict) -> str:
         parts.append(f"opt={row['optimizer_impl']}")
     if row.get("compile"):
         parts.append("compile")
+    if row.get("malloc_tuning"):
+        parts.append("malloc tuning")
     return ", ".join(parts)
 
 

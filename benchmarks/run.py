@@ -51,7 +51,8 @@ REPORT_VERSION = 1
 MODELS = ("if3d_linear", "if3d_attention", "if3d_gate", "if3d_spp", "ddamfn")
 STRATEGY = {"if3d_linear": "linear", "if3d_attention": "attention", "if3d_gate": "gate", "if3d_spp": "spp",
             "ddamfn": "ddamfn (photo-only baseline)"}
-FP32_EAGER = {"amp": "off", "channels_last": False, "optimizer_impl": "default", "compile": False}
+FP32_EAGER = {"amp": "off", "channels_last": False, "optimizer_impl": "default", "compile": False,
+              "malloc_tuning": False}
 #: Fast-path switches measured one at a time (and bf16 with channels_last together) against fp32 eager,
 #: on the ablation models. The optimizer implementations are measured on their own (``optimizer``
 #: section: the step of a 73 M-parameter AdamW is a small, separable part of a training step).
@@ -59,6 +60,10 @@ ABLATIONS = {
     "channels_last": {**FP32_EAGER, "channels_last": True},
     "bf16": {**FP32_EAGER, "amp": "bf16"},
     "bf16_channels_last": {**FP32_EAGER, "amp": "bf16", "channels_last": True},
+    "malloc_tuning": {**FP32_EAGER, "malloc_tuning": True},
+    # the CPU fast path these measurements point to (reported under both names once it is the default)
+    "channels_last_fused_malloc": {**FP32_EAGER, "channels_last": True, "optimizer_impl": "fused",
+                                   "malloc_tuning": True},
 }
 SECTIONS = ("model", "loader", "e2e", "accuracy", "render")
 
@@ -69,7 +74,9 @@ def default_fast_path(device: str) -> dict[str, Any]:
 
     d = FAST_PATH_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
     return {"amp": resolve_amp(d.amp, "cuda" if device.startswith("cuda") else "cpu"),
-            "channels_last": bool(d.channels_last), "optimizer_impl": d.optimizer_impl, "compile": bool(d.compile)}
+            "channels_last": bool(d.channels_last), "optimizer_impl": d.optimizer_impl, "compile": bool(d.compile),
+            # the engine's allocator switch, once it has one (FastPath.tune_allocator)
+            "malloc_tuning": bool(getattr(d, "tune_allocator", False)) and not device.startswith("cuda")}
 
 
 # ----------------------------------------------------------------------------- running cases
@@ -108,12 +115,15 @@ def run_cases(cases: list[dict], *, one_process_each: bool, log, timeout_s: floa
 
 
 def _label(case: dict) -> str:
-    parts = [case["task"], case.get("model", ""), case.get("mode", ""), case.get("config", ""),
+    parts = [case["task"], case.get("model", ""), "+".join(case.get("modes", [])) or case.get("mode", ""),
+             case.get("config", ""),
              case.get("path", ""), f"w{case['workers']}" if "workers" in case else "", case.get("device", "")]
     return " ".join(p for p in parts if p)
 
 
 def _headline(result: dict) -> str:
+    if "eval" in result and "train" in result:
+        return f"eval {_headline(result['eval'])}; train {_headline(result['train'])}"
     impls = [k for k in ("default", "foreach", "fused") if k in result]
     if impls:
         return ", ".join(f"{k} {result[k]['step_ms']['median']:.0f} ms/step" for k in impls)
@@ -131,9 +141,10 @@ def _headline(result: dict) -> str:
 
 def model_cases(settings: dict, devices: list[str], models: tuple[str, ...], ablation_models: tuple[str, ...],
                 with_compile: bool) -> list[dict]:
-    """Model-only cases: every model fp32 eager vs the default fast path (train and eval); each switch
-    alone on the ablation models. Configurations that coincide are measured once and reported under
-    every name (``also``)."""
+    """Model-only cases: every model fp32 eager vs the default fast path; each switch alone on the
+    ablation models. One process per configuration measures evaluation, then training, on the same
+    model. Configurations that coincide in a mode (evaluation ignores the optimizer) are measured once
+    and reported under every name (``also_eval`` / ``also_train``)."""
     cases = []
     for device in devices:
         default = default_fast_path(device)
@@ -143,37 +154,46 @@ def model_cases(settings: dict, devices: list[str], models: tuple[str, ...], abl
                 configs.update(ABLATIONS)
                 if with_compile:
                     configs["compile"] = {**default, "compile": True}
-            for mode in ("train", "eval"):
-                seen: dict[str, dict] = {}
-                for name, fp in configs.items():
-                    fp = dict(fp)
-                    if mode == "eval":
-                        fp["optimizer_impl"] = "default"  # no optimizer in evaluation
-                    key = json.dumps(fp, sort_keys=True)
-                    if key in seen:
-                        seen[key]["also"].append(name)
-                        continue
-                    case = {"task": "model", "model": model, "mode": mode, "config": name, "device": device,
-                            "also": [], **fp, **settings[mode]}
-                    seen[key] = case
+            owner: dict[tuple[str, str], dict] = {}
+            for name, fp in configs.items():
+                case = {"task": "model", "model": model, "config": name, "device": device, **fp, "modes": [],
+                        "also_eval": [], "also_train": [],
+                        "eval_settings": dict(settings["eval"]), "train_settings": dict(settings["train"])}
+                for mode in ("eval", "train"):
+                    key = json.dumps({**fp, "optimizer_impl": fp["optimizer_impl"] if mode == "train" else "-"},
+                                     sort_keys=True)
+                    if (mode, key) in owner:
+                        owner[(mode, key)][f"also_{mode}"].append(name)
+                    else:
+                        owner[(mode, key)] = case
+                        case["modes"].append(mode)
+                        if fp.get("compile"):
+                            case[f"{mode}_settings"]["warmup"] += 1  # recompilation on the second call
+                if case["modes"]:
                     cases.append(case)
     return cases
 
 
 def collect_model(records: list[dict]) -> list[dict]:
-    """Model section rows with the speed-up over fp32 eager of the same model, mode and device."""
+    """Model section rows (one per model, mode, device and configuration name) with the speed-up over
+    fp32 eager of the same model, mode and device."""
     rows = []
     for r in records:
         c = r["case"]
-        for name in [c["config"], *c.get("also", [])]:
-            row = {"model": c["model"], "strategy": STRATEGY[c["model"]], "mode": c["mode"], "device": c["device"],
-                   "config": name, "amp": c["amp"], "channels_last": c["channels_last"],
-                   "optimizer_impl": c["optimizer_impl"] if c["mode"] == "train" else None,
-                   "compile": c["compile"], "batch": c["batch"]}
-            row.update(r.get("result", {}))
-            if "error" in r:
-                row["error"] = r["error"]
-            rows.append(row)
+        for mode in c["modes"]:
+            res = r.get("result", {})
+            res = res.get(mode, {}) if len(c["modes"]) > 1 else res
+            for name in [c["config"], *c.get(f"also_{mode}", [])]:
+                row = {"model": c["model"], "strategy": STRATEGY[c["model"]], "mode": mode, "device": c["device"],
+                       "config": name, "amp": c["amp"], "channels_last": c["channels_last"],
+                       "optimizer_impl": c["optimizer_impl"] if mode == "train" else None,
+                       "compile": c["compile"], "malloc_tuning": c.get("malloc_tuning", False),
+                       "batch": c[f"{mode}_settings"]["batch"], **res}
+                if "error" in r:
+                    row["error"] = r["error"]
+                rows.append(row)
+    order = {m: i for i, m in enumerate(MODELS)}
+    rows.sort(key=lambda x: (x["device"], order.get(x["model"], 99), x["mode"] != "train"))
     base = {(x["model"], x["mode"], x["device"]): x for x in rows if x["config"] == "fp32_eager" and "error" not in x}
     for x in rows:
         b = base.get((x["model"], x["mode"], x["device"]))
@@ -201,7 +221,7 @@ def run_accuracy(data_root: str, settings: dict, log) -> dict:
                 "skip_missing_renders": True, "workers": 0, "device": "cpu",
                 "amp": fp["amp"], "channels_last": fp["channels_last"], "optimizer_impl": fp["optimizer_impl"],
                 "compile": fp["compile"], "lr": settings.get("lr"), "preset": settings.get("preset", "if3d"),
-            }))
+            }), malloc=bool(fp.get("malloc_tuning")))
             log(f"  training {settings['model']} {name} seed {seed} ({settings['epochs']} epochs) ...")
             t = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -241,6 +261,9 @@ def run_accuracy(data_root: str, settings: dict, log) -> dict:
 _ACCURACY_SNIPPET = """
 import json, sys, time, csv
 sys.path.insert(0, '.')
+if {malloc!r}:
+    from benchmarks.measure import tune_glibc_malloc
+    tune_glibc_malloc()
 from if3d.train.config import config_from_preset
 from if3d.train.engine import fit
 kw = json.loads({cfg!r})
@@ -303,8 +326,8 @@ PLANS: dict[str, dict[str, Any]] = {
     "full": {
         "batch": 64, "repeats": 3, "models": MODELS, "ablation_models": ("if3d_gate", "if3d_spp"),
         "optimizer_model": "if3d_gate", "n_train": 1024, "n_val": 512, "render_workers": 2, "loader_batches": 16,
-        "e2e_models": ("ddamfn", "if3d_gate", "if3d_spp"), "e2e_jpeg_models": ("if3d_gate",), "e2e_steps": 1,
-        "accuracy": {"model": "if3d_gate", "epochs": 2, "batch": 32, "max_train": 256, "max_val": None,
+        "e2e_models": ("ddamfn", "if3d_gate"), "e2e_jpeg_models": ("if3d_gate",), "e2e_steps": 1,
+        "accuracy": {"model": "if3d_gate", "epochs": 2, "batch": 32, "max_train": 256, "max_val": 256,
                      "seed": 0, "noise_seed": 1},
         "render_args": ["--size", "112", "--workers", "1", "2", "--repeats", "3", "--limit", "300"],
     },
@@ -355,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         plan["models"] = tuple(args.models)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     threads = {"threads": args.threads} if args.threads else {}
-    base = {"size": 112, "repeats": plan["repeats"], "batch": plan["batch"], "warmup": 1, "steps": 1, **threads}
-    settings = {"train": base, "eval": base}
+    base = {"size": 112, "repeats": plan["repeats"], "batch": plan["batch"], "steps": 1, **threads}
+    # two untimed training steps: the first creates oneDNN primitives, the second still pays for first-touch
+    # memory (its figures are 30-50 % off in quiet runs); torch.compile gets a third (recompilation)
+    settings = {"train": {**base, "warmup": 1 if smoke else 2}, "eval": {**base, "warmup": 1}}
     models = plan["models"]
     ablation_models = tuple(m for m in plan["ablation_models"] if m in models)
     report: dict[str, Any] = {
@@ -432,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             for model in plan["e2e_models"]:
                 common = {"task": "e2e", "model": model, "device": device, "data": data_info["root"],
                           "batch": plan["batch"], "steps": plan["e2e_steps"], "repeats": plan["repeats"],
-                          "warmup": 1, **threads}
+                          "warmup": 1 if smoke else 2, **threads}
                 cases.append({**common, "path": "cache", "workers": 0, "config": "default", **default})
                 if model in plan["e2e_jpeg_models"]:
                     cases.append({**common, "path": "jpeg", "workers": 2, "config": "default", **default})
@@ -443,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             report["e2e"].append({"model": c["model"], "strategy": STRATEGY[c["model"]], "device": c["device"],
                                   "config": c["config"], "path": c["path"], "workers": c["workers"],
                                   "batch": c["batch"], "amp": c["amp"], "channels_last": c["channels_last"],
-                                  "optimizer_impl": c["optimizer_impl"], **r.get("result", {}),
+                                  "optimizer_impl": c["optimizer_impl"], "compile": c["compile"],
+                                  "malloc_tuning": c.get("malloc_tuning", False), **r.get("result", {}),
                                   **({"error": r["error"]} if "error" in r else {})})
         report["sections_s"]["e2e"] = round(time.perf_counter() - t, 1)
 
