@@ -68,11 +68,23 @@ ABLATIONS = {
 SECTIONS = ("model", "loader", "e2e", "accuracy", "render")
 
 
+#: ``--default-override``: settings that replace the engine's default CPU fast path in this run (to measure
+#: a candidate default before adopting it); recorded in the report.
+DEFAULT_OVERRIDE: dict[str, Any] = {}
+
+
 def default_fast_path(device: str) -> dict[str, Any]:
-    """The engine's default fast path on ``device`` ("cpu"/"cuda"), resolved (``amp="auto"`` made concrete)."""
-    from if3d.train.config import FAST_PATH_DEFAULTS, resolve_amp
+    """The engine's default fast path on ``device`` ("cpu"/"cuda"), resolved (``amp="auto"`` made concrete),
+    with :data:`DEFAULT_OVERRIDE` applied."""
+    from if3d.train.config import FAST_PATH_DEFAULTS
 
     d = FAST_PATH_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
+    return {**_engine_default(d, device), **({} if device.startswith("cuda") else DEFAULT_OVERRIDE)}
+
+
+def _engine_default(d, device: str) -> dict[str, Any]:
+    from if3d.train.config import resolve_amp
+
     return {"amp": resolve_amp(d.amp, "cuda" if device.startswith("cuda") else "cpu"),
             "channels_last": bool(d.channels_last), "optimizer_impl": d.optimizer_impl, "compile": bool(d.compile),
             # the engine's allocator switch, once it has one (FastPath.tune_allocator)
@@ -358,6 +370,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=None, help="where the benchmark dataset is prepared "
                    "(default runs/benchmarks; a temporary folder with --smoke)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 3; smoke 1)")
+    p.add_argument("--default-override", type=json.loads, default=None, metavar="JSON",
+                   help='measure a candidate default CPU fast path instead of the engine\'s, e.g. '
+                   '\'{"channels_last": true, "optimizer_impl": "fused", "malloc_tuning": true}\'')
     return p
 
 
@@ -371,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     smoke = args.smoke
+    if args.default_override:
+        unknown = set(args.default_override) - set(FP32_EAGER)
+        if unknown:
+            raise SystemExit(f"--default-override: unknown keys {sorted(unknown)}; known: {sorted(FP32_EAGER)}")
+        DEFAULT_OVERRIDE.update(args.default_override)
     plan = dict(PLANS["smoke" if smoke else "full"])
     if args.repeats:
         plan["repeats"] = args.repeats
@@ -397,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "unit": "img-pairs/s (photo+render pairs; photos for the photo-only ddamfn); median, min, max of timed runs",
         "settings": {"plan": plan, "model_case": base},
         "default_fast_path": {d: default_fast_path(d) for d in devices},
+        "default_override": dict(DEFAULT_OVERRIDE) or None,
         "model": [], "optimizer": [], "loader": [], "e2e": [], "accuracy": None, "render": None, "dataset": None,
         "sections_s": {},
     }
