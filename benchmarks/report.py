@@ -123,6 +123,10 @@ def render_markdown(report: dict) -> str:
                          f"{r['train_img_pairs_per_s']:.2f}", r.get("val_samples")])
         lines += _table(["config", "seed", "val accuracy", "balanced accuracy", "train loss per epoch",
                          "train img-pairs/s", "val samples"], body)
+        agree = [f"{k.replace('prediction_agreement_', '').replace('_', ' ')}: {acc[k]}" for k in
+                 ("prediction_agreement_default_vs_fp32", "prediction_agreement_seed0_vs_seed1") if k in acc]
+        if agree:
+            lines += ["", "Share of validation samples with the same predicted class — " + "; ".join(agree) + "."]
         if "within_noise" in acc:
             lines += ["", f"Δ accuracy (default − fp32) = {acc['delta_val_accuracy_default_minus_fp32']:+.4f}; "
                       f"noise threshold {acc['noise_threshold']:.4f} (max of 2 × binomial SE of a difference "

@@ -233,6 +233,7 @@ def run_accuracy(data_root: str, settings: dict, log) -> dict:
                 "skip_missing_renders": True, "workers": 0, "device": "cpu",
                 "amp": fp["amp"], "channels_last": fp["channels_last"], "optimizer_impl": fp["optimizer_impl"],
                 "compile": fp["compile"], "lr": settings.get("lr"), "preset": settings.get("preset", "if3d"),
+                "pretrained": settings.get("pretrained"),
             }), malloc=bool(fp.get("malloc_tuning")))
             log(f"  training {settings['model']} {name} seed {seed} ({settings['epochs']} epochs) ...")
             t = time.perf_counter()
@@ -250,8 +251,16 @@ def run_accuracy(data_root: str, settings: dict, log) -> dict:
             log(f"    val accuracy {res['val_accuracy']:.4f}, balanced {res['val_balanced_accuracy']:.4f}, "
                 f"final train loss {res['train_loss']:.4f}, {res['train_img_pairs_per_s']:.2f} img-pairs/s "
                 f"({wall:.0f} s)")
-    out: dict[str, Any] = {"settings": settings, "runs": runs}
     ok = [r for r in runs if "error" not in r]
+
+    def agreement(a: dict, b: dict) -> float | None:
+        """Share of validation samples on which two trained models predict the same class."""
+        pa, pb = a.get("val_predictions") or [], b.get("val_predictions") or []
+        if not pa or len(pa) != len(pb) or a.get("val_labels") != b.get("val_labels"):
+            return None
+        return round(sum(x == y for x, y in zip(pa, pb)) / len(pa), 4)
+
+    out: dict[str, Any] = {"settings": settings, "runs": runs}
     if len(ok) >= 2 and ok[0]["config"] == "fp32_eager" and ok[1]["config"] == "default" and ok[1]["seed"] == ok[0]["seed"]:
         a, b = ok[0], ok[1]
         n = a["val_samples"]
@@ -261,12 +270,17 @@ def run_accuracy(data_root: str, settings: dict, log) -> dict:
         out["delta_balanced_accuracy_default_minus_fp32"] = round(
             b["val_balanced_accuracy"] - a["val_balanced_accuracy"], 4)
         out["binomial_se_of_difference"] = round(se, 4)
+        out["prediction_agreement_default_vs_fp32"] = agreement(a, b)
         if len(ok) >= 3:
             out["seed_noise_val_accuracy"] = round(abs(ok[2]["val_accuracy"] - b["val_accuracy"]), 4)
+            out["prediction_agreement_seed0_vs_seed1"] = agreement(b, ok[2])
         noise = max(2 * se, out.get("seed_noise_val_accuracy", 0.0))
         out["within_noise"] = abs(out["delta_val_accuracy_default_minus_fp32"]) <= noise
         out["noise_threshold"] = round(noise, 4)
         out["speedup_default_vs_fp32_training"] = round(b["train_img_pairs_per_s"] / a["train_img_pairs_per_s"], 3)
+    for r in ok:  # the predictions were compared above; the report keeps how many classes each model predicts
+        r["predicted_classes"] = len(set(r.pop("val_predictions", None) or []))
+        r.pop("val_labels", None)
     return out
 
 
@@ -283,9 +297,28 @@ preset = kw.pop('preset')
 cfg = config_from_preset(preset, **{{k: v for k, v in kw.items() if v is not None}})
 t = time.perf_counter()
 res = fit(cfg)
+fit_s = time.perf_counter() - t
 rows = list(csv.DictReader(open(cfg.out + '/metrics.csv')))
 last = rows[-1]
+# the final weights' predictions on the validation samples, all computed the same way (fp32 eager), so
+# two runs can be compared prediction by prediction
+import torch
+from dataclasses import replace
+from if3d.checkpoint import load_checkpoint
+from if3d.train.distributed import DistInfo
+from if3d.train.engine import BatchPreparer, build_train_dataset, evaluate
+from networks import create_model
+ck = load_checkpoint(cfg.out + '/last.pth')
+model = create_model(ck['model_name'], **ck['model_kwargs'])
+model.load_state_dict(ck['model'])
+streams = tuple(getattr(model, 'input_streams', ('photo',)))
+ecfg = replace(cfg, val_split=json.load(open(cfg.out + '/config.json'))['config']['val_split'])
+val = build_train_dataset(ecfg, 'val', photo_only=streams == ('photo',))
+dev = torch.device('cpu')
+pred = evaluate(model, streams, val, BatchPreparer(dev, streams, False, False, cfg.image_size), batch_size=64,
+                workers=0, amp='off', info=DistInfo(0, 1, 0, dev, False))
 print({prefix!r} + json.dumps({{
+    'val_predictions': pred['prediction'].tolist(), 'val_labels': pred['label'].tolist(),
     'val_accuracy': float(last['val_accuracy']), 'val_balanced_accuracy': float(last['val_balanced_accuracy']),
     'val_f1_macro': float(last['val_f1_macro']), 'train_loss': float(last['train_loss']),
     'train_loss_per_epoch': [float(r['train_loss']) for r in rows],
@@ -293,7 +326,7 @@ print({prefix!r} + json.dumps({{
     'train_img_pairs_per_s': sum(float(r['images_per_s']) for r in rows) / len(rows),
     'best_accuracy': res.best_accuracy, 'epochs': res.epochs_done,
     'val_samples': json.load(open(cfg.out + '/config.json'))['run']['num_val_samples'],
-    'fit_s': time.perf_counter() - t}}))
+    'fit_s': fit_s}}))
 """.replace("{prefix!r}", repr(RESULT_PREFIX))
 
 
@@ -370,6 +403,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=None, help="where the benchmark dataset is prepared "
                    "(default runs/benchmarks; a temporary folder with --smoke)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 3; smoke 1)")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="MFN_msceleb.pth (or any supported checkpoint) for the accuracy section; without it the gate "
+                   "model is trained from scratch and stays near chance in the affordable budget")
     p.add_argument("--default-override", type=json.loads, default=None, metavar="JSON",
                    help='measure a candidate default CPU fast path instead of the engine\'s, e.g. '
                    '\'{"channels_last": true, "optimizer_impl": "fused", "malloc_tuning": true}\'')
@@ -496,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if data_info is not None and "accuracy" not in args.skip:
         t = section("accuracy: fp32 eager vs the default fast path (engine fit on the FER2013 subset)")
-        report["accuracy"] = run_accuracy(data_info["root"], {**plan["accuracy"], "preset": "if3d", "lr": None}, log)
+        report["accuracy"] = run_accuracy(data_info["root"], {**plan["accuracy"], "preset": "if3d", "lr": None,
+                                                              "pretrained": args.pretrained}, log)
         report["sections_s"]["accuracy"] = round(time.perf_counter() - t, 1)
 
     if "render" not in args.skip:

@@ -85,6 +85,7 @@ def test_smoke_run_writes_the_documented_report(tmp_path, repo_root, data_dir):
     for r in acc["runs"]:
         assert 0.0 <= r["val_accuracy"] <= 1.0
     assert "within_noise" in acc
+    assert 0.0 <= acc["prediction_agreement_default_vs_fp32"] <= 1.0
 
     assert report["render"]["results"]
     assert report["dataset"]["counts"]["train"] > 0
