@@ -1,6 +1,7 @@
 """The If3D benchmark: one command, one JSON report (printed and written to a file).
 
-    python -m benchmarks.run [--smoke] [--out benchmarks/results.json] [--compile] [--skip SECTION ...]
+    python -m benchmarks.run [--smoke] [--out benchmarks/results.json] [--markdown benchmarks/RESULTS.md]
+                             [--compile] [--skip SECTION ...] [--default-override JSON] [--pretrained PATH]
 
 Sections (each figure in img-pairs/s — one pair = photo + render, one photo for the photo-only
 DDAMFN — as the median, min and max of several timed runs):
@@ -9,9 +10,10 @@ DDAMFN — as the median, min and max of several timed runs):
   backward, optimizer step) and evaluation (forward) of the four If3D strategies and the DDAMFN
   baseline, fp32 eager vs the engine's default fast path for the device
   (``if3d.train.config.FAST_PATH_DEFAULTS``), plus each fast-path switch alone on the gate model
-  (channels_last, bf16 autocast, bf16 + channels_last, foreach and fused optimizer; torch.compile with
-  ``--compile``, compile time reported separately). Peak memory per configuration: ``ru_maxrss`` of a
-  fresh process (CPU), ``torch.cuda.max_memory_allocated`` (CUDA).
+  (channels_last, bf16 autocast, bf16 + channels_last, glibc allocator tuning, the candidate CPU path;
+  torch.compile with ``--compile``, compile time reported separately), and the AdamW step alone per
+  implementation (for-loop, foreach, fused). Each configuration runs in a fresh process, evaluation then
+  training; peak memory: ``ru_maxrss`` after each mode (CPU), ``torch.cuda.max_memory_allocated`` (CUDA).
 - ``loader``: data loader throughput on real converted data (a fixed FER2013 subset with MediaPipe
   renders, :mod:`benchmarks.data`): JPEG/PNG decoding through ``PairedDataset`` with 0 and 2 DataLoader
   workers vs the memory-mapped cache; and the batched paired augmentation.
@@ -369,7 +371,7 @@ def evaluate_targets(report: dict) -> dict:
 
 PLANS: dict[str, dict[str, Any]] = {
     "full": {
-        "batch": 64, "repeats": 3, "models": MODELS, "ablation_models": ("if3d_gate", "if3d_spp"),
+        "batch": 64, "repeats": 3, "models": MODELS, "ablation_models": ("if3d_gate",),
         "optimizer_model": "if3d_gate", "n_train": 1024, "n_val": 512, "render_workers": 2, "loader_batches": 16,
         "e2e_models": ("ddamfn", "if3d_gate"), "e2e_jpeg_models": ("if3d_gate",), "e2e_steps": 1,
         "accuracy": {"model": "if3d_gate", "epochs": 2, "batch": 32, "max_train": 256, "max_val": 256,
@@ -397,7 +399,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="everything tiny, to check that the benchmark works")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     p.add_argument("--models", nargs="+", default=None, choices=MODELS, help="models of the model section")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile on the ablation models")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile on the gate model (≈ +4 min)")
     p.add_argument("--device", nargs="+", default=None, help="devices (default: cpu, plus cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the benchmark dataset is prepared "
