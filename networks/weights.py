@@ -320,8 +320,10 @@ def _numpy_safe_globals() -> list[Any]:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency of torch here
         return []
-    core = getattr(np, "_core", None) or np.core
-    scalar = core.multiarray.scalar
+    try:  # numpy 2 moved numpy.core to numpy._core (1.26 has a numpy._core stub without multiarray)
+        from numpy._core.multiarray import scalar
+    except ImportError:
+        from numpy.core.multiarray import scalar
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 

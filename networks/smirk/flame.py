@@ -27,6 +27,7 @@ file runs no code from it.
 from __future__ import annotations
 
 import codecs
+import importlib
 import io
 import os
 import pickle
@@ -139,19 +140,31 @@ def _load_torch_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def _numpy_multiarray() -> Any:
+    """numpy's ``multiarray`` module: ``numpy._core.multiarray`` (numpy 2) or ``numpy.core.multiarray`` (1.x)."""
+    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("numpy has neither numpy._core.multiarray nor numpy.core.multiarray")
+
+
 def _numpy_reconstruct() -> Any:
-    core = getattr(np, "_core", None) or np.core
-    return core.multiarray._reconstruct
+    return _numpy_multiarray()._reconstruct
 
 
 def _numpy_scalar() -> Any:
-    core = getattr(np, "_core", None) or np.core
-    return core.multiarray.scalar
+    return _numpy_multiarray().scalar
 
 
 def _numpy_frombuffer() -> Any:
-    core = getattr(np, "_core", None) or np.core
-    return core.numeric._frombuffer
+    for name in ("numpy._core.numeric", "numpy.core.numeric"):
+        try:
+            return importlib.import_module(name)._frombuffer
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("numpy has no numeric._frombuffer")
 
 
 _ALLOWED: dict[tuple[str, str], Any] = {
