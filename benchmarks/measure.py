@@ -38,6 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from if3d.train.allocator import tune_glibc_malloc  # noqa: E402  (re-exported for the snippets in run.py)
+
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -61,26 +63,6 @@ def _sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def tune_glibc_malloc() -> bool:
-    """Keep freed memory in the heap instead of returning large blocks to the OS (glibc only).
-
-    glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
-    returns it with ``munmap`` on free, so each large activation of a CPU training step is paid again
-    in page faults (zeroing) on every step. ``M_MMAP_MAX = 0`` sends those allocations to the heap and a
-    high ``M_TRIM_THRESHOLD`` keeps the heap from being trimmed, so steady-state steps reuse memory.
-    Returns whether the settings were applied (False off glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def _setup_threads(case: dict) -> None:
@@ -110,6 +92,7 @@ def _train_config(case: dict, **extra):
         channels_last=bool(case.get("channels_last", False)),
         optimizer_impl=case.get("optimizer_impl", "default"),
         compile=bool(case.get("compile", False)),
+        tune_allocator=bool(case.get("malloc_tuning", False)),
         **extra,
     )
 

@@ -89,7 +89,7 @@ def _engine_default(d, device: str) -> dict[str, Any]:
 
     return {"amp": resolve_amp(d.amp, "cuda" if device.startswith("cuda") else "cpu"),
             "channels_last": bool(d.channels_last), "optimizer_impl": d.optimizer_impl, "compile": bool(d.compile),
-            # the engine's allocator switch, once it has one (FastPath.tune_allocator)
+            # the engine's allocator switch (FastPath.tune_allocator; CPU only)
             "malloc_tuning": bool(getattr(d, "tune_allocator", False)) and not device.startswith("cuda")}
 
 
@@ -234,9 +234,10 @@ def run_accuracy(data_root: str, settings: dict, log) -> dict:
                 "max_val_samples": settings.get("max_val"), "seed": seed, "out": f"{tmp}/{name}_{seed}",
                 "skip_missing_renders": True, "workers": 0, "device": "cpu",
                 "amp": fp["amp"], "channels_last": fp["channels_last"], "optimizer_impl": fp["optimizer_impl"],
-                "compile": fp["compile"], "lr": settings.get("lr"), "preset": settings.get("preset", "if3d"),
+                "compile": fp["compile"], "tune_allocator": bool(fp.get("malloc_tuning")),
+                "lr": settings.get("lr"), "preset": settings.get("preset", "if3d"),
                 "pretrained": settings.get("pretrained"),
-            }), malloc=bool(fp.get("malloc_tuning")))
+            }))
             log(f"  training {settings['model']} {name} seed {seed} ({settings['epochs']} epochs) ...")
             t = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -289,9 +290,6 @@ def run_accuracy(data_root: str, settings: dict, log) -> dict:
 _ACCURACY_SNIPPET = """
 import json, sys, time, csv
 sys.path.insert(0, '.')
-if {malloc!r}:
-    from benchmarks.measure import tune_glibc_malloc
-    tune_glibc_malloc()
 from if3d.train.config import config_from_preset
 from if3d.train.engine import fit
 kw = json.loads({cfg!r})

@@ -36,6 +36,7 @@ import torch
 from if3d.checkpoint import atomic_write_json, atomic_write_text
 from if3d.classes import AFFECTNET8
 from if3d.plots import plot_confusion_matrix
+from if3d.train.allocator import tune_glibc_malloc
 from if3d.train.config import FAST_PATH_DEFAULTS, TrainConfig, resolve_amp
 from if3d.train.distributed import cleanup_distributed, init_distributed
 from if3d.train.engine import (
@@ -113,6 +114,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     amp: str | None = None,
     channels_last: bool | None = None,
+    tune_allocator: bool | None = None,
     image_size: int = 112,
     skip_missing_renders: bool = False,
     max_samples: int | None = None,
@@ -126,7 +128,8 @@ def evaluate_checkpoint(
         data: canonical dataset root (with ``split``), or else ``photos``/``renders``/``annotations``
             explicit paths of one split.
         out: output folder (default :func:`default_out_dir`).
-        amp, channels_last: as for training (None: the device's default).
+        amp, channels_last, tune_allocator: as for training (None: the device's default; the
+            allocator tuning, :func:`if3d.train.allocator.tune_glibc_malloc`, applies to CPU runs only).
         skip_missing_renders: skip (and count) photos without a render.
         max_samples: seeded random subset of the split.
 
@@ -151,6 +154,8 @@ def evaluate_checkpoint(
         d = FAST_PATH_DEFAULTS["cuda" if info.device.type == "cuda" else "cpu"]
         amp_mode = resolve_amp(amp if amp is not None else d.amp, info.device.type)
         cl = d.channels_last if channels_last is None else channels_last
+        if info.device.type == "cpu" and (d.tune_allocator if tune_allocator is None else tune_allocator):
+            tune_glibc_malloc()
         model = model.to(info.device).eval()
         if cl:
             model = model.to(memory_format=torch.channels_last)
@@ -270,6 +275,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", nargs="?", const="auto", choices=("off", "bf16", "fp16", "auto"),
                    help="autocast (default: the device's fast-path default)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep freed CPU memory in glibc's heap for reuse (default on for CPU runs)")
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--skip-missing-renders", action="store_true", help="skip (and count) photos without a render")
     p.add_argument("--max-samples", type=int, metavar="N", help="seeded random subset of the split")
@@ -291,7 +298,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         evaluate_checkpoint(
             args.checkpoint, data=args.data, split=args.split, photos=args.photos, renders=args.renders,
             annotations=args.annotations, out=args.out, batch_size=args.batch_size, workers=args.workers,
-            device=args.device, amp=args.amp, channels_last=args.channels_last, image_size=args.image_size,
+            device=args.device, amp=args.amp, channels_last=args.channels_last,
+            tune_allocator=args.tune_allocator, image_size=args.image_size,
             skip_missing_renders=args.skip_missing_renders, max_samples=args.max_samples, seed=args.seed,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:

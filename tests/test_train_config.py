@@ -97,6 +97,54 @@ def test_fast_path_defaults_live_in_one_table_and_resolve():
         resolve_amp("int8", "cpu")
 
 
+def test_cpu_default_is_the_measured_fast_path_and_each_switch_overrides_it():
+    from if3d.train.engine import resolve_runtime
+
+    cpu = torch.device("cpu")
+    d = resolve_runtime(TrainConfig(), cpu)
+    # benchmarks/RESULTS.md: fp32 with NHWC, fused AdamW and the allocator tuning beats bf16 on CPU
+    assert (d.amp, d.channels_last, d.optimizer_impl, d.compile, d.tune_allocator) == ("off", True, "fused", False, True)
+    o = resolve_runtime(config_from_args(["--data", "x", "--no-channels-last", "--foreach", "--no-tune-allocator",
+                                          "--amp", "bf16"], "if3d_gate"), cpu)
+    assert (o.amp, o.channels_last, o.optimizer_impl, o.tune_allocator) == ("bf16", False, "foreach", False)
+    # the allocator switch is a CPU-process setting; a CUDA run never asks for it
+    assert resolve_runtime(TrainConfig(tune_allocator=True), torch.device("cuda")).tune_allocator is False
+
+
+_RSS_AFTER_FREE = """
+import sys
+sys.path.insert(0, {root!r})
+import torch
+from if3d.train.allocator import tune_glibc_malloc
+if {tune}:
+    assert tune_glibc_malloc()
+def rss_mib():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+base = rss_mib()
+x = torch.ones(64 * 2**20)  # 256 MiB, touched
+del x
+print(rss_mib() - base)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_allocator_tuning_keeps_freed_activations_for_reuse():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    kept = {}
+    for tune in (False, True):
+        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE.format(root=root, tune=tune)],
+                             capture_output=True, text=True, check=True).stdout
+        kept[tune] = float(out.split()[-1])
+    # plain glibc unmaps a freed 256 MiB block at once; tuned, it stays in the heap for the next step
+    assert kept[False] < 32
+    assert kept[True] > 200
+
+
 def test_config_round_trips_through_a_dict():
     cfg = config_from_preset("ddamfn", model="ddamfn", data="x", epochs=3)
     again = TrainConfig.from_dict({**cfg.to_dict(), "a_future_field": 1})

@@ -106,6 +106,8 @@ def get_args_parser(default_model: str = "if3d_linear") -> argparse.ArgumentPars
     g.add_argument("--foreach", dest="optimizer_impl", action="store_const", const="foreach",
                    help="same as --optimizer-impl foreach")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model")
+    g.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction,
+                   help="keep freed CPU memory in glibc's heap for reuse (default on for CPU runs)")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>)")

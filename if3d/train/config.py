@@ -129,19 +129,25 @@ class FastPath:
         channels_last: NHWC memory format for model and inputs.
         optimizer_impl: ``"fused"``, ``"foreach"`` or ``"default"`` (the optimizer's own choice).
         compile: wrap the model in ``torch.compile``.
+        tune_allocator: keep freed memory in glibc's heap instead of unmapping it on every free
+            (:func:`if3d.train.allocator.tune_glibc_malloc`; CPU only, Linux/glibc only).
     """
 
     amp: str = "off"
     channels_last: bool = False
     optimizer_impl: str = "default"
     compile: bool = False
+    tune_allocator: bool = False
 
 
-#: THE place to change the per-device defaults (helper F measures which CPU path wins).
-#: ``amp="auto"`` on CUDA means bf16 where the GPU supports it, else fp16.
+#: THE place to change the per-device defaults; ``benchmarks/RESULTS.md`` records why they are what
+#: they are. ``amp="auto"`` on CUDA means bf16 where the GPU supports it, else fp16. On the CPU the
+#: default stays fp32 (bf16 autocast trains slower than fp32 on AVX512-BF16 CPUs without AMX: oneDNN's
+#: bf16 depthwise weight gradients are slower there) and gains its speed from the NHWC depthwise kernels,
+#: the fused AdamW step and the allocator tuning; torch.compile stays opt-in (minutes of compilation).
 FAST_PATH_DEFAULTS: dict[str, FastPath] = {
-    "cuda": FastPath(amp="auto", channels_last=True, optimizer_impl="fused", compile=False),
-    "cpu": FastPath(amp="off", channels_last=False, optimizer_impl="foreach", compile=False),
+    "cuda": FastPath(amp="auto", channels_last=True, optimizer_impl="fused", compile=False, tune_allocator=False),
+    "cpu": FastPath(amp="off", channels_last=True, optimizer_impl="fused", compile=False, tune_allocator=True),
 }
 
 AMP_CHOICES = ("off", "bf16", "fp16", "auto")
@@ -236,6 +242,7 @@ class TrainConfig:
     channels_last: bool | None = None
     optimizer_impl: str | None = None
     compile: bool | None = None
+    tune_allocator: bool | None = None
     workers: int = 4
     # run
     seed: int = 0

@@ -56,6 +56,7 @@ from if3d.classes import AFFECTNET8
 from if3d.losses import fer_loss
 from if3d.metrics import classification_metrics, va_metrics
 from if3d.plots import plot_confusion_matrix
+from if3d.train.allocator import tune_glibc_malloc
 from if3d.train.config import FAST_PATH_DEFAULTS, FINAL_CHECKPOINT_NAMES, TrainConfig, resolve_amp
 from if3d.train.distributed import (
     DistInfo,
@@ -796,6 +797,8 @@ def resolve_runtime(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         channels_last=d.channels_last if cfg.channels_last is None else cfg.channels_last,
         optimizer_impl=d.optimizer_impl if cfg.optimizer_impl is None else cfg.optimizer_impl,
         compile=d.compile if cfg.compile is None else cfg.compile,
+        tune_allocator=(d.tune_allocator if cfg.tune_allocator is None else cfg.tune_allocator)
+        and device.type == "cpu",
     )
 
 
@@ -837,6 +840,10 @@ def fit(cfg: TrainConfig, *, train_dataset: Dataset | None = None, val_dataset: 
 
 def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_model) -> FitResult:
     cfg = resolve_runtime(cfg, info.device)
+    if cfg.tune_allocator and not tune_glibc_malloc():
+        if info.is_main:
+            print("allocator tuning skipped: this C library has no glibc mallopt", flush=True)
+        cfg = replace(cfg, tune_allocator=False)
     if cfg.data is not None and cfg.val_split is None and val_dataset is None:
         cfg = replace(cfg, val_split=resolve_val_split(cfg))
     out = Path(cfg.out)
