@@ -103,7 +103,8 @@ def test_cpu_default_is_the_measured_fast_path_and_each_switch_overrides_it():
     cpu = torch.device("cpu")
     d = resolve_runtime(TrainConfig(), cpu)
     # benchmarks/RESULTS.md: fp32 with NHWC, fused AdamW and the allocator tuning beats bf16 on CPU
-    assert (d.amp, d.channels_last, d.optimizer_impl, d.compile, d.tune_allocator) == ("off", True, "fused", False, True)
+    assert (d.amp, d.channels_last, d.optimizer_impl, d.compile, d.tune_allocator) == ("off", True, "fused", "auto", True)
+    assert d.workers == 0  # loading in the training process: workers would compete with the compute threads
     o = resolve_runtime(config_from_args(["--data", "x", "--no-channels-last", "--foreach", "--no-tune-allocator",
                                           "--amp", "bf16"], "if3d_gate"), cpu)
     assert (o.amp, o.channels_last, o.optimizer_impl, o.tune_allocator) == ("bf16", False, "foreach", False)
@@ -111,38 +112,70 @@ def test_cpu_default_is_the_measured_fast_path_and_each_switch_overrides_it():
     assert resolve_runtime(TrainConfig(tune_allocator=True), torch.device("cuda")).tune_allocator is False
 
 
+def test_compile_auto_compiles_only_runs_long_enough_to_repay_it(monkeypatch):
+    from if3d.train import config as config_mod
+    from if3d.train.config import COMPILE_AUTO_MIN_STEPS, resolve_compile
+
+    monkeypatch.setattr(config_mod, "find_cxx", lambda: "/usr/bin/g++")
+    assert resolve_compile("auto", "cpu", COMPILE_AUTO_MIN_STEPS) == (
+        True, f"auto: on, {COMPILE_AUTO_MIN_STEPS} optimizer steps ≥ {COMPILE_AUTO_MIN_STEPS} and /usr/bin/g++ found")
+    assert resolve_compile(None, "cpu", 10_000)[0] is True  # None = the CPU default, "auto"
+    on, why = resolve_compile("auto", "cpu", COMPILE_AUTO_MIN_STEPS - 1)
+    assert not on
+    assert "too few" in why
+    assert resolve_compile("auto", "cuda", 10_000)[0] is False
+    assert resolve_compile(None, "cuda", 10_000)[0] is False
+    assert resolve_compile(True, "cpu", 1) == (True, "on (asked for)")  # the user's choice is kept
+    assert resolve_compile(False, "cpu", 10_000) == (False, "off")
+    monkeypatch.setattr(config_mod, "find_cxx", lambda: None)
+    on, why = resolve_compile("auto", "cpu", 10_000)
+    assert not on
+    assert "no C++ compiler" in why
+    with pytest.raises(ValueError, match="compile must be"):
+        resolve_compile("yes", "cpu", 10_000)
+
+
 _RSS_AFTER_FREE = """
 import sys
 sys.path.insert(0, {root!r})
 import torch
+from torch.utils.data import TensorDataset
 from if3d.train.allocator import tune_glibc_malloc
+from if3d.train.engine import _loader
 if {tune}:
     assert tune_glibc_malloc()
 def rss_mib():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * 4096 / 2**20
+loader = _loader(TensorDataset(torch.arange(8.0)), list(range(8)), 4, 1, False, False)
+assert sum(len(b[0]) for b in loader) == 8  # a first epoch: everything a worker start needs is loaded
 base = rss_mib()
 x = torch.ones(64 * 2**20)  # 256 MiB, touched
 del x
-print(rss_mib() - base)
+kept = rss_mib() - base
+# the engine's loader hands the free heap back before it forks workers (copy-on-write hazard)
+assert sum(len(b[0]) for b in loader) == 8
+print(kept, rss_mib() - base)
 """
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs Linux /proc")
-def test_allocator_tuning_keeps_freed_activations_for_reuse():
+def test_allocator_tuning_keeps_freed_activations_for_reuse_and_releases_them_before_a_fork():
     import subprocess
     import sys
     from pathlib import Path
 
     root = str(Path(__file__).resolve().parents[1])
-    kept = {}
+    kept, released = {}, {}
     for tune in (False, True):
         out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE.format(root=root, tune=tune)],
                              capture_output=True, text=True, check=True).stdout
-        kept[tune] = float(out.split()[-1])
+        kept[tune], released[tune] = map(float, out.split()[-2:])
     # plain glibc unmaps a freed 256 MiB block at once; tuned, it stays in the heap for the next step
     assert kept[False] < 32
     assert kept[True] > 200
+    # ... until the engine's loader returns it before forking its workers
+    assert released[True] < 32
 
 
 def test_config_round_trips_through_a_dict():

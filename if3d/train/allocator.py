@@ -10,6 +10,12 @@ evaluation throughput on the gate model (``benchmarks/RESULTS.md``).
 The price is that the process keeps its peak heap until it exits (the memory is reused, not returned
 to the OS), which is what a training or evaluation process wants and a long-lived interactive session
 may not; hence a switch (``--tune-allocator/--no-tune-allocator``).
+
+Forking is the one hazard: a DataLoader worker forked from a process holding ~12 GB of retained heap
+shares those pages copy-on-write, and the parent's next training step writes into all of them, so
+the machine briefly holds two copies (measured: the gate model with 2 JPEG workers was OOM-killed on
+24 GiB). :func:`release_free_heap` hands the free part of the heap back to the OS just before workers
+are forked; the engine's loader calls it on every iteration that starts workers.
 """
 
 from __future__ import annotations
@@ -48,9 +54,27 @@ def tune_glibc_malloc() -> bool:
     return _applied
 
 
+def release_free_heap() -> bool:
+    """Return the free pages of the heap to the OS (``malloc_trim(0)``), when the tuning is active.
+
+    Live allocations are untouched; the next training step faults the released pages in again (about
+    one untuned step's extra cost). A no-op returning False when :func:`tune_glibc_malloc` is not in
+    effect (untuned glibc already unmaps large blocks on free).
+
+    Returns:
+        True when memory was released.
+    """
+    if not _applied:
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim.restype = ctypes.c_int
+    return bool(libc.malloc_trim(0))
+
+
 def allocator_tuned() -> bool:
     """Whether :func:`tune_glibc_malloc` has taken effect in this process."""
     return _applied
 
 
-__all__ = ["allocator_tuned", "tune_glibc_malloc"]
+__all__ = ["allocator_tuned", "release_free_heap", "tune_glibc_malloc"]

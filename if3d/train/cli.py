@@ -76,7 +76,8 @@ def get_args_parser(default_model: str = "if3d_linear") -> argparse.ArgumentPars
     g.add_argument("--cache", choices=("auto", "off"), help="use the pre-decoded cache when present (default auto)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no training augmentation")
-    g.add_argument("--workers", type=int, help="data-loading worker processes (default min(4, CPUs))")
+    g.add_argument("--workers", type=int, help="data-loading worker processes (default: 0 on CPU, where decoding in the training process "
+                        "costs < 1 %% of a step and workers compete with the compute threads; min(4, CPUs) on CUDA)")
 
     g = p.add_argument_group("recipe (defaults from --preset)")
     g.add_argument("--epochs", type=int)
@@ -105,7 +106,9 @@ def get_args_parser(default_model: str = "if3d_linear") -> argparse.ArgumentPars
                    help="same as --optimizer-impl fused")
     g.add_argument("--foreach", dest="optimizer_impl", action="store_const", const="foreach",
                    help="same as --optimizer-impl foreach")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile the model (default on CPU: only runs of ≥ 300 optimizer steps, when a C++ "
+                        "compiler is present; off on CUDA)")
     g.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction,
                    help="keep freed CPU memory in glibc's heap for reuse (default on for CPU runs)")
 
@@ -160,7 +163,6 @@ def config_from_args(argv: Sequence[str] | None = None, default_model: str = "if
     preset = ns.preset or DEFAULT_PRESET_FOR_MODEL.get(model, DEFAULT_PRESET)
     given.pop("preset", None)
     given.setdefault("out", str(Path("runs") / model))
-    given.setdefault("workers", min(4, os.cpu_count() or 1))
     if given.get("data") is None and given.get("train_photos") is None:
         parser.error("give the data: --data ROOT, or --train-photos/--train-renders and --val-photos/--val-renders")
     if given.get("data") is not None and any(given.get(f"{r}_photos") for r in ("train", "val")):

@@ -25,6 +25,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import platform
 import random
 import signal
@@ -56,8 +57,14 @@ from if3d.classes import AFFECTNET8
 from if3d.losses import fer_loss
 from if3d.metrics import classification_metrics, va_metrics
 from if3d.plots import plot_confusion_matrix
-from if3d.train.allocator import tune_glibc_malloc
-from if3d.train.config import FAST_PATH_DEFAULTS, FINAL_CHECKPOINT_NAMES, TrainConfig, resolve_amp
+from if3d.train.allocator import release_free_heap, tune_glibc_malloc
+from if3d.train.config import (
+    FAST_PATH_DEFAULTS,
+    FINAL_CHECKPOINT_NAMES,
+    TrainConfig,
+    resolve_amp,
+    resolve_compile,
+)
 from if3d.train.distributed import (
     DistInfo,
     ShardedEvalSampler,
@@ -358,10 +365,25 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class _TrimmingDataLoader(DataLoader):
+    """A DataLoader that returns the process's free heap to the OS before it forks workers.
+
+    With the allocator tuning (:mod:`if3d.train.allocator`) the training process keeps its freed
+    activations (~12 GB for a fusion model at batch 64); workers forked from it would share those
+    pages copy-on-write and the next step would copy them all. Non-persistent workers are forked at
+    every ``iter()``, so the release happens there.
+    """
+
+    def __iter__(self):
+        if self.num_workers > 0:
+            release_free_heap()
+        return super().__iter__()
+
+
 def _loader(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: int, pin: bool,
             drop_last: bool) -> DataLoader:
     if _supports_batches(dataset):  # one gather per batch from the memory-mapped cache
-        return DataLoader(
+        return _TrimmingDataLoader(
             dataset,
             batch_size=None,
             sampler=BatchSampler(_EpochSampler(indices), batch_size, drop_last),
@@ -369,7 +391,7 @@ def _loader(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: 
             pin_memory=pin,
             worker_init_fn=_worker_init if workers > 0 else None,
         )
-    return DataLoader(
+    return _TrimmingDataLoader(
         dataset,
         batch_size=batch_size,
         sampler=_EpochSampler(indices),
@@ -799,6 +821,10 @@ def resolve_runtime(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         compile=d.compile if cfg.compile is None else cfg.compile,
         tune_allocator=(d.tune_allocator if cfg.tune_allocator is None else cfg.tune_allocator)
         and device.type == "cpu",
+        # CPU: loading in the training process (a 64-pair JPEG batch decodes in ~40 ms against a 5 s step);
+        # worker processes would only take cycles from the two compute threads (benchmarks/RESULTS.md)
+        workers=cfg.workers if cfg.workers is not None
+        else (min(4, os.cpu_count() or 1) if device.type == "cuda" else 0),
     )
 
 
@@ -937,7 +963,19 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    if cfg.compile:
+    auto_compile = cfg.compile == "auto" or cfg.compile is None
+    do_compile, compile_reason = resolve_compile(cfg.compile, info.device.type,
+                                                 cfg.epochs * steps_per_epoch - step)
+    cfg = replace(cfg, compile=do_compile)
+    if info.is_main and (do_compile or auto_compile):
+        print(f"torch.compile {compile_reason}" + (" (the first step compiles for a few minutes)"
+                                                  if do_compile else ""), flush=True)
+    if do_compile:
+        if auto_compile:
+            # chosen for the user: a model the compiler cannot handle trains eagerly instead of failing
+            from torch._dynamo import config as dynamo_config
+
+            dynamo_config.suppress_errors = True
         train_model = torch.compile(train_model)
 
     prepare = BatchPreparer(info.device, streams, cfg.channels_last, cfg.augment, cfg.image_size)
@@ -952,6 +990,7 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
             "world_size": info.world_size,
             "batch_size_per_rank": local_batch,
             "steps_per_epoch": steps_per_epoch,
+            "compile": compile_reason,
             "model_kwargs": model_kwargs,
             "input_streams": list(streams),
             "class_names": class_names,
