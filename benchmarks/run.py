@@ -409,7 +409,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="everything tiny, to check that the benchmark works")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     p.add_argument("--models", nargs="+", default=None, choices=MODELS, help="models of the model section")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile on the gate model (≈ +4 min)")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile on the gate model (≈ +4 min) when the "
+                   "default does not compile already (no C++ compiler)")
     p.add_argument("--device", nargs="+", default=None, help="devices (default: cpu, plus cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the benchmark dataset is prepared "
