@@ -186,8 +186,15 @@ def test_fast_paths_are_switchable(data, tmp_path, flags, expected):
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-@pytest.mark.skipif(__import__("if3d.train.config", fromlist=["find_cxx"]).find_cxx() is None,
-                    reason="torch.compile's CPU backend needs a C++ compiler")
+def _can_compile_on_cpu() -> bool:
+    import sysconfig
+
+    from if3d.train.config import find_cxx
+
+    return find_cxx() is not None and Path(sysconfig.get_paths()["include"], "Python.h").exists()
+
+
+@pytest.mark.skipif(not _can_compile_on_cpu(), reason="torch.compile's CPU backend needs a C++ compiler and Python headers")
 def test_compiled_training_lands_near_eager_and_saves_plain_checkpoints(data, tmp_path):
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     assert run(_args(data, eager, "--no-compile", epochs=1)) == 0
