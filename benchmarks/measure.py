@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from if3d.train.allocator import tune_glibc_malloc  # noqa: E402  (re-exported for the snippets in run.py)
+from if3d.train.allocator import tune_glibc_malloc  # noqa: E402  (after the sys.path set-up above)
 
 RESULT_PREFIX = "BENCH_RESULT "
 

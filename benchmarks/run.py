@@ -76,25 +76,21 @@ DEFAULT_OVERRIDE: dict[str, Any] = {}
 
 
 def default_fast_path(device: str) -> dict[str, Any]:
-    """The engine's default fast path on ``device`` ("cpu"/"cuda"), resolved (``amp="auto"`` made concrete),
-    with :data:`DEFAULT_OVERRIDE` applied."""
-    from if3d.train.config import FAST_PATH_DEFAULTS
+    """The engine's default fast path on ``device`` ("cpu"/"cuda"), resolved by the engine's own
+    :func:`~if3d.train.engine.resolve_runtime` (``amp="auto"`` made concrete) and, for ``compile="auto"``,
+    by :func:`~if3d.train.config.resolve_compile` for a run long enough to compile (the runs this benchmark
+    stands for); with :data:`DEFAULT_OVERRIDE` applied on CPU."""
+    import torch
 
-    d = FAST_PATH_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
-    return {**_engine_default(d, device), **({} if device.startswith("cuda") else DEFAULT_OVERRIDE)}
+    from if3d.train.config import COMPILE_AUTO_MIN_STEPS, TrainConfig, resolve_compile
+    from if3d.train.engine import resolve_runtime
 
-
-def _engine_default(d, device: str) -> dict[str, Any]:
-    from if3d.train.config import find_cxx, resolve_amp
-
-    cuda = device.startswith("cuda")
-    # compile="auto" is what a training run long enough to repay the compilation gets (the runs this
-    # benchmark stands for): on, on CPU, when a C++ compiler is present
-    compile_ = d.compile if isinstance(d.compile, bool) else (not cuda and find_cxx() is not None)
-    return {"amp": resolve_amp(d.amp, "cuda" if cuda else "cpu"),
-            "channels_last": bool(d.channels_last), "optimizer_impl": d.optimizer_impl, "compile": compile_,
-            # the engine's allocator switch (FastPath.tune_allocator; CPU only)
-            "malloc_tuning": bool(getattr(d, "tune_allocator", False)) and not device.startswith("cuda")}
+    dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
+    cfg = resolve_runtime(TrainConfig(), dev)
+    resolved = {"amp": cfg.amp, "channels_last": bool(cfg.channels_last), "optimizer_impl": cfg.optimizer_impl,
+                "compile": resolve_compile(cfg.compile, dev.type, COMPILE_AUTO_MIN_STEPS)[0],
+                "malloc_tuning": bool(cfg.tune_allocator)}
+    return {**resolved, **(DEFAULT_OVERRIDE if dev.type == "cpu" else {})}
 
 
 # ----------------------------------------------------------------------------- running cases
@@ -409,8 +405,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="everything tiny, to check that the benchmark works")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     p.add_argument("--models", nargs="+", default=None, choices=MODELS, help="models of the model section")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile on the gate model (≈ +4 min) when the "
-                   "default does not compile already (no C++ compiler)")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure torch.compile on the gate model (≈ +4 min) when the default does not compile "
+                   "already (no C++ compiler)")
     p.add_argument("--device", nargs="+", default=None, help="devices (default: cpu, plus cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the benchmark dataset is prepared "

@@ -22,12 +22,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 _applied = False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def tune_glibc_malloc() -> bool:
@@ -44,8 +50,7 @@ def tune_glibc_malloc() -> bool:
     if _applied:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -66,15 +71,10 @@ def release_free_heap() -> bool:
     """
     if not _applied:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
-    libc.malloc_trim.restype = ctypes.c_int
-    return bool(libc.malloc_trim(0))
+    malloc_trim = _libc().malloc_trim
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    malloc_trim.restype = ctypes.c_int
+    return bool(malloc_trim(0))
 
 
-def allocator_tuned() -> bool:
-    """Whether :func:`tune_glibc_malloc` has taken effect in this process."""
-    return _applied
-
-
-__all__ = ["allocator_tuned", "release_free_heap", "tune_glibc_malloc"]
+__all__ = ["release_free_heap", "tune_glibc_malloc"]

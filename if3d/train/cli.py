@@ -76,7 +76,8 @@ def get_args_parser(default_model: str = "if3d_linear") -> argparse.ArgumentPars
     g.add_argument("--cache", choices=("auto", "off"), help="use the pre-decoded cache when present (default auto)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no training augmentation")
-    g.add_argument("--workers", type=int, help="data-loading worker processes (default: 0 on CPU, where decoding in the training process "
+    g.add_argument("--workers", type=int,
+                   help="data-loading worker processes (default: 0 on CPU, where decoding in the training process "
                         "costs < 1 %% of a step and workers compete with the compute threads; min(4, CPUs) on CUDA)")
 
     g = p.add_argument_group("recipe (defaults from --preset)")

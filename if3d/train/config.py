@@ -165,10 +165,8 @@ def find_cxx() -> str | None:
     """The C++ compiler torch.compile's CPU backend (Inductor) would use: ``$CXX``, else g++/c++/clang++."""
     import shutil
 
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++", "clang++") if name)
+    return next((path for path in found if path), None)
 
 
 def resolve_compile(compile: bool | str | None, device_type: str, remaining_steps: int) -> tuple[bool, str]:

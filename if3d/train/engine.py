@@ -963,7 +963,7 @@ def _fit(cfg: TrainConfig, info: DistInfo, train_dataset, val_dataset, create_mo
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    auto_compile = cfg.compile == "auto" or cfg.compile is None
+    auto_compile = cfg.compile == "auto"  # resolve_runtime has replaced None by the device default
     do_compile, compile_reason = resolve_compile(cfg.compile, info.device.type,
                                                  cfg.epochs * steps_per_epoch - step)
     cfg = replace(cfg, compile=do_compile)
