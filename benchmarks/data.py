@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from if3d.atomic import atomic_write_json
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IF3D_SHARED", REPO_ROOT.parent / "shared"))
 FER = SHARED / "data" / "fer2013"
@@ -117,9 +119,7 @@ def prepare(work_dir: str | os.PathLike = DEFAULT_WORK_DIR, n_train: int = 1024,
         timings["render"] = round(time.perf_counter() - t, 2)
         info = {"root": str(root), "counts": counts, "renders": renders, "render_summary": summary,
                 "timings_s": timings}
-        tmp = stamp.with_name(stamp.name + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, stamp)
+        atomic_write_json(stamp, info)
     t = time.perf_counter()
     caches = {}
     for split in ("train", "val"):

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from if3d.atomic import atomic_write_text
+
 BEGIN = "<!-- BEGIN GENERATED (python -m benchmarks.run) -->"
 END = "<!-- END GENERATED -->"
 
@@ -158,9 +160,7 @@ def update_markdown(path: str | os.PathLike, report: dict) -> None:
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks import env  # noqa: E402
 from benchmarks.measure import RESULT_PREFIX  # noqa: E402
+from if3d.atomic import atomic_write_text  # noqa: E402
 
 REPORT_VERSION = 1
 MODELS = ("if3d_linear", "if3d_attention", "if3d_gate", "if3d_spp", "ddamfn")
@@ -565,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     text = json.dumps(report, indent=2)
     print(text)
-    _atomic_write(args.out, text + "\n")
+    atomic_write_text(args.out, text + "\n")
     log(f"report written to {args.out}")
     markdown = args.markdown if args.markdown is not None else (None if smoke else REPO_ROOT / "benchmarks" / "RESULTS.md")
     if markdown is not None:
@@ -589,13 +590,6 @@ def run_render(render_args: list[str], log) -> dict:
             return result
         log(f"    ERROR: {proc.stderr.strip()[-300:]}")
         return {"error": f"bench_render.py exited with {proc.returncode}: {proc.stderr[-2000:]}"}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

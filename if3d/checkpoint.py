@@ -1,8 +1,7 @@
-"""Atomic, ``weights_only``-safe checkpoint and output I/O for the training engine and the test script.
+"""Our ``weights_only``-safe checkpoint format: building, atomic saving and checked loading.
 
-Every write goes to a temporary file in the destination folder and is moved into place with
-:func:`os.replace`, so a reader (or a crash) never sees a half-written file: the previous
-version stays intact until the new one is complete.
+Checkpoints are written through :func:`if3d.atomic.atomic_torch_save`, so a reader (or a crash)
+never sees a half-written file: the previous version stays intact until the new one is complete.
 
 Our checkpoint format (see ``docs/INTERFACES.md``)::
 
@@ -15,17 +14,16 @@ with ``torch.load(path, weights_only=True)``.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from if3d.atomic import atomic_torch_save
 
 FORMAT_NAME = "if3d-toolkit"
 FORMAT_VERSION = 1
@@ -49,55 +47,6 @@ REQUIRED_KEYS = (
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not in our format."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it onto ``path``.
-
-    The temporary file lives in the destination folder (same file system, so the final
-    :func:`os.replace` is atomic). On any exception the temporary file is removed and ``path``
-    is left as it was.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-
-    return atomic_write(path, _write)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically (NaN written as ``NaN``)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy the file ``src`` onto ``dst`` atomically."""
-    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` atomically."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 # --------------------------------------------------------------------------- RNG states

@@ -6,6 +6,8 @@ dataset's own names are mapped onto this order through :func:`canonical_label`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 AFFECTNET8: tuple[str, ...] = (
     "Neutral",
     "Happy",
@@ -41,3 +43,29 @@ def canonical_label(name: str) -> int:
     if key not in _SYNONYMS:
         raise KeyError(f"unknown expression class {name!r}; known: {', '.join(sorted(_SYNONYMS))}")
     return _SYNONYMS[key]
+
+
+def class_names_for(num_classes: int, names: Sequence[str] | None = None) -> list[str]:
+    """Names of the classes ``0 .. num_classes − 1``: the one resolver for a model's class names.
+
+    Args:
+        num_classes: C, the number of classes (≥ 1).
+        names: names known for the first classes (a dataset's ``classes.json``, a checkpoint's
+            ``class_names``), or None.
+
+    Returns:
+        ``names[:C]`` when there are enough; otherwise ``names`` extended by the canonical AffectNet-8
+        names of the following indices (a 7-class dataset under an 8-class head gets ``Contempt``),
+        then ``class_<i>`` beyond AffectNet-8.
+
+    Raises:
+        ValueError: ``num_classes`` < 1.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    known = [str(n) for n in (names or [])]
+    if len(known) >= num_classes:
+        return known[:num_classes]
+    canonical = list(AFFECTNET8[len(known) : num_classes])
+    generic = [f"class_{i}" for i in range(len(known) + len(canonical), num_classes)]
+    return known + canonical + generic

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from if3d.checkpoint import atomic_write_json, atomic_write_text
-from if3d.classes import AFFECTNET8
+from if3d.atomic import atomic_write_json, atomic_write_text
+from if3d.classes import class_names_for
 from if3d.plots import plot_confusion_matrix
 from if3d.train.allocator import tune_glibc_malloc
 from if3d.train.config import FAST_PATH_DEFAULTS, TrainConfig, resolve_amp
@@ -59,9 +59,7 @@ def checkpoint_class_names(path: str | os.PathLike, num_classes: int) -> list[st
     names = obj.get("class_names") if isinstance(obj, dict) else None
     if isinstance(names, list) and len(names) == num_classes:
         return [str(n) for n in names]
-    if num_classes <= len(AFFECTNET8):
-        return list(AFFECTNET8[:num_classes])
-    return list(AFFECTNET8) + [f"class_{i}" for i in range(len(AFFECTNET8), num_classes)]
+    return class_names_for(num_classes)
 
 
 def _num_classes(model: torch.nn.Module, streams: Sequence[str], image_size: int) -> int:

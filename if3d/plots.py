@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from if3d.checkpoint import atomic_write  # noqa: E402
+from if3d.atomic import atomic_write  # noqa: E402
 
 
 def plot_confusion_matrix(

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import collections
 import pickle
-import types
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +52,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from networks.safe_pickle import AllowListUnpickler, UnsafePickleError, numpy_multiarray
 
 __all__ = [
     "Checkpoint",
@@ -75,26 +76,6 @@ _IF3D_TOP_KEYS = {"fc1", "output", "orig_features", "smirk_features", "Smirk_Lin
 # --------------------------------------------------------------------------------------------
 # Errors and report
 # --------------------------------------------------------------------------------------------
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle refers to a global outside the allow-list; nothing of it was called.
-
-    Attributes:
-        global_name: the refused global as ``"module.name"`` (e.g. ``"posix.system"``).
-        path: the file, when known.
-    """
-
-    def __init__(self, global_name: str, path: str | None = None) -> None:
-        self.global_name = global_name
-        self.path = path
-        where = f"{path}: " if path else ""
-        super().__init__(
-            f"{where}refusing to unpickle global {global_name!r}: it is not in the allow-list of "
-            "networks.weights (original networks.MixedFeatureNet / networks.DDAM classes, torch.nn "
-            "module classes and torch tensor rebuilders). The file may be malicious or not a "
-            "supported checkpoint."
-        )
-
-
 class CheckpointFormatError(ValueError):
     """The file is not a readable checkpoint of a supported format (the message names the file)."""
 
@@ -234,8 +215,8 @@ _MODULE_ROOTS = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` whose ``find_class`` resolves only the allow-list of this module.
+class RestrictedUnpickler(AllowListUnpickler):
+    """The allow-list of original DDAMFN module pickles (:class:`~networks.safe_pickle.AllowListUnpickler`).
 
     Original module classes become inert stand-ins (:class:`_InertModule` subclasses); the tensor
     rebuilders, ``OrderedDict`` and ``set`` resolve to themselves; anything else raises
@@ -243,29 +224,9 @@ class RestrictedUnpickler(pickle.Unpickler):
     adds the persistent-id handling of storages around it).
     """
 
-    path: str | None = None
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = f"{module}.{name}"
-        if key in _STAND_INS:
-            return _STAND_INS[key]
-        if key in _ALLOWED_CALLABLES:
-            return _ALLOWED_CALLABLES[key]
-        raise UnsafePickleError(key, self.path)
-
-
-def _restricted_pickle_module(path: str) -> types.ModuleType:
-    """A ``pickle``-like module for ``torch.load(pickle_module=...)`` that unpickles restrictedly."""
-
-    class _Unpickler(RestrictedUnpickler):
-        pass
-
-    _Unpickler.path = path
-    module = types.ModuleType("networks.weights.restricted_pickle")
-    module.Unpickler = _Unpickler  # type: ignore[attr-defined]
-    module.load = lambda file, **kw: _Unpickler(file, **kw).load()  # type: ignore[attr-defined]
-    module.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
-    return module
+    allowed = {**_STAND_INS, **_ALLOWED_CALLABLES}
+    description = ("original networks.MixedFeatureNet / networks.DDAM classes, torch.nn module classes "
+                   "and torch tensor rebuilders")
 
 
 def _flatten_module_tree(root: _InertModule, path: str) -> dict[str, Tensor]:
@@ -316,14 +277,9 @@ class Checkpoint:
 
 
 def _numpy_safe_globals() -> list[Any]:
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency of torch here
-        return []
-    try:  # numpy 2 moved numpy.core to numpy._core (1.26 has a numpy._core stub without multiarray)
-        from numpy._core.multiarray import scalar
-    except ImportError:
-        from numpy.core.multiarray import scalar
+    import numpy as np
+
+    scalar = numpy_multiarray().scalar
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
@@ -420,7 +376,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
                 obj = torch.load(
                     spath,
                     map_location=map_location,
-                    pickle_module=_restricted_pickle_module(spath),
+                    pickle_module=RestrictedUnpickler.as_pickle_module(spath),
                     weights_only=False,
                 )
         except UnsafePickleError:

@@ -251,7 +251,7 @@ def test_partial_or_foreign_files_are_never_taken_for_a_cache(tree, caplog):
 
     # a leftover temporary file of a dead process is removed by the next build and never opened
     path.unlink()
-    leftover = path.with_name(f"{path.name}.tmp-999999999")
+    leftover = path.with_name(f".{path.name}.999999999.x1y2.tmp-if3d")
     leftover.write_bytes(blob)
     assert open_cache_if_valid(tree, "train", SIZE) is None
     build_cache(tree, "train", SIZE, progress=False)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from if3d.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
 from if3d.checkpoint import (
     REQUIRED_KEYS,
     CheckpointError,
-    atomic_write,
-    atomic_write_json,
     capture_rng_state,
     load_checkpoint,
     make_checkpoint,
@@ -87,6 +86,23 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         atomic_write(target, half_then_fail)
     assert target.read_text().strip().replace(" ", "").replace("\n", "") == '{"v":1}'
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".last.pth.{dead.pid}.k3j.tmp-if3d"
+    live = tmp_path / f".last.pth.{os.getppid()}.a1b.tmp-if3d"  # a process that is certainly alive
+    other = tmp_path / ".hidden.tmp"  # not ours: never touched
+    for p in (stale, live, other):
+        p.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert live.exists()
+    assert other.exists()
+    assert not stale.exists()
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):

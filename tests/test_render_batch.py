@@ -120,7 +120,7 @@ def test_stale_outputs_of_failed_items_and_temporaries_are_removed(photo_tree, t
     (out / "fer" / "sad").mkdir(parents=True)
     stale = out / "fer" / "sad" / "blank.png"
     stale.write_bytes(b"old render")
-    leftover = out / "fer" / "sad" / ".x.png.tmp-if3d-123"
+    leftover = out / "fer" / "sad" / ".x.png.999999999.abc.tmp-if3d"
     leftover.write_bytes(b"half")
     render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
     assert not stale.exists()

@@ -37,7 +37,7 @@ refuses a stale cache with :class:`StaleCacheError` naming the added, removed an
 
 Atomicity: a cache is written to a temporary file in the same folder and moved into place with
 ``os.replace`` after an ``fsync``; the magic bytes are written last. An interrupted build leaves at
-most a ``*.tmp-*`` file, which is never opened (and is removed by the next build).
+most a temporary file (:mod:`if3d.atomic`), which is never opened (and is removed by the next build).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from if3d.atomic import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +268,8 @@ def write_cache(
     """Write a cache file atomically from an iterable of collated sample batches.
 
     Args:
-        path: destination file; written as ``<path>.tmp-<pid>`` in the same folder, then renamed.
+        path: destination file; written to a temporary file in the same folder, then renamed
+            (:func:`if3d.atomic.atomic_write`).
         batches: dicts with ``photo`` uint8 ``[b,3,S,S]``, ``render`` (if ``has_render``),
             ``label`` int64 ``[b]``, ``valence``/``arousal`` float32 ``[b]``, ``has_va`` bool
             ``[b]`` and ``index`` int64 ``[b]`` (the sample indices, in order 0..n-1).
@@ -282,14 +285,11 @@ def write_cache(
         CacheError: a batch has the wrong shape/dtype, or the batches do not cover ``0..n-1``.
         Any exception from ``batches`` propagates; the temporary file is removed and no cache is left.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     layout = _layout(n, size, has_render)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    ok = False
-    try:
-        end = max(spec["offset"] + int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for spec in layout.values())
-        header_offset = _aligned(end)
+    end = max(spec["offset"] + int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for spec in layout.values())
+    header_offset = _aligned(end)
+
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.truncate(header_offset)
         arrays = {
@@ -329,14 +329,8 @@ def write_cache(
             os.fsync(f.fileno())
             f.seek(0)
             f.write(_PREAMBLE.pack(MAGIC, header_offset, len(blob)))  # magic last: a partial file is never valid
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        ok = True
-    finally:
-        if not ok:
-            tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write, fsync=True)
 
 
 def build_cache(
@@ -380,14 +374,7 @@ def build_cache(
     dataset_kwargs = {k: v for k, v in dict(dataset_kwargs or {}).items()
                       if not (k == "skip_missing_renders" and not v)}  # False is the default: same samples
     path = cache_path(root, split, size, photo_only=photo_only, cache_dir=cache_dir)
-    for stale_tmp in path.parent.glob(f"{path.name}.tmp-*") if path.parent.exists() else []:
-        try:  # leftovers of an interrupted build (ours or another process's that died)
-            pid = int(stale_tmp.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
-            stale_tmp.unlink(missing_ok=True)
-        except PermissionError:
-            pass
+    remove_stale_temporaries(path.parent)  # leftovers of an interrupted build whose process died
     if not rebuild and path.exists():
         try:
             _check(path, root, split, size, photo_only, cache_dir, dataset_kwargs)

@@ -36,10 +36,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from if3d.classes import AFFECTNET8, class_names_for
 from if3d.data.layout import (
     RENDER_SIDE_EXTENSIONS,
     annotations_path,
-    default_class_names,
     photos_dir,
     read_annotations,
     read_classes,
@@ -237,7 +237,7 @@ class PairedDataset(Dataset):
             raise ValueError("require_renders=True needs a render_root")
         self.render_root = Path(render_root) if require_renders else None
         self.has_renders = bool(require_renders)
-        names = list(class_names) if class_names is not None else default_class_names(8)
+        names = list(class_names) if class_names is not None else class_names_for(len(AFFECTNET8))
         if num_classes is not None and not 1 <= num_classes <= len(names):
             raise ValueError(f"num_classes must be in 1..{len(names)}, got {num_classes}")
         keep_classes = num_classes if num_classes is not None else len(names)

@@ -22,14 +22,15 @@ outside [-1, 1] is reported as a bad annotation.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from if3d.classes import AFFECTNET8
-from if3d.data.report import DataReport, LayoutError, write_json_atomic
+from if3d.atomic import atomic_write_json, atomic_write_text
+from if3d.data.report import DataReport, LayoutError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -91,7 +92,7 @@ def read_classes(root: str | os.PathLike) -> list[str]:
 def write_classes(root: str | os.PathLike, names: list[str] | tuple[str, ...]) -> None:
     """Write ``<root>/classes.json`` (atomically; creates ``root``)."""
     Path(root).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(root) / CLASSES_FILE, list(names))
+    atomic_write_json(Path(root) / CLASSES_FILE, list(names))
 
 
 def if3d_paths(split: str, base: str | os.PathLike = "Dataset") -> dict[str, Path]:
@@ -273,19 +274,9 @@ def write_annotations(path: str | os.PathLike, rows: list[tuple[str, float, floa
     Args:
         rows: (file relative to ``photos/<split>``, valence, arousal), valence/arousal in [-1, 1].
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(_CANONICAL_COLUMNS)
-        for file, val, aro in rows:
-            w.writerow((file, f"{val:.6g}", f"{aro:.6g}"))
-    os.replace(tmp, path)
-
-
-def default_class_names(num_labels: int) -> list[str]:
-    """The first ``num_labels`` AffectNet-8 names (the canonical order)."""
-    if not 1 <= num_labels <= len(AFFECTNET8):
-        raise ValueError(f"num_labels must be in 1..{len(AFFECTNET8)}, got {num_labels}")
-    return list(AFFECTNET8[:num_labels])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_CANONICAL_COLUMNS)
+    for file, val, aro in rows:
+        w.writerow((file, f"{val:.6g}", f"{aro:.6g}"))
+    atomic_write_text(path, buf.getvalue())

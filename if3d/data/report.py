@@ -10,10 +10,10 @@ The errors raised for bad input all derive from :class:`DataError` (a ``ValueErr
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
+
+from if3d.atomic import atomic_write_json
 
 # kind -> one-line description (the order is the order of the printed summary).
 PROBLEM_KINDS: dict[str, str] = {
@@ -171,15 +171,5 @@ class DataReport:
         }
 
     def save_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` as JSON, atomically (temp file in the same folder, then ``os.replace``)."""
-        write_json_atomic(path, self.to_dict())
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+        """Write :meth:`to_dict` as JSON, atomically (:func:`if3d.atomic.atomic_write_json`)."""
+        atomic_write_json(path, self.to_dict())

@@ -43,17 +43,15 @@ import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from if3d.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from if3d.checkpoint import (
-    atomic_copy,
-    atomic_write_json,
-    atomic_write_text,
     capture_rng_state,
     load_checkpoint,
     make_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from if3d.classes import AFFECTNET8
+from if3d.classes import AFFECTNET8, class_names_for
 from if3d.losses import fer_loss
 from if3d.metrics import classification_metrics, va_metrics
 from if3d.plots import plot_confusion_matrix
@@ -829,13 +827,7 @@ def resolve_runtime(cfg: TrainConfig, device: torch.device) -> TrainConfig:
 
 
 def _class_names_for(dataset: Dataset, num_classes: int) -> list[str]:
-    names = list(getattr(dataset, "class_names", []) or [])
-    if len(names) >= num_classes:
-        return names[:num_classes]
-    # a 7-class dataset trained with an 8-class head: the canonical order names the rest
-    return names + list(AFFECTNET8[len(names) : num_classes]) + [
-        f"class_{i}" for i in range(max(len(names), len(AFFECTNET8)), num_classes)
-    ]
+    return class_names_for(num_classes, getattr(dataset, "class_names", None))
 
 
 def fit(cfg: TrainConfig, *, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None) -> FitResult:

@@ -44,6 +44,8 @@ import torch.nn as nn
 from smplx.lbs import find_dynamic_lmk_idx_and_bcoords, lbs, vertices2landmarks
 from torch import Tensor
 
+from networks.safe_pickle import AllowListUnpickler, numpy_multiarray
+
 NUM_VERTICES = 5023
 NUM_FACES = 9976
 NUM_JOINTS = 5
@@ -140,22 +142,12 @@ def _load_torch_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def _numpy_multiarray() -> Any:
-    """numpy's ``multiarray`` module: ``numpy._core.multiarray`` (numpy 2) or ``numpy.core.multiarray`` (1.x)."""
-    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError("numpy has neither numpy._core.multiarray nor numpy.core.multiarray")
-
-
 def _numpy_reconstruct() -> Any:
-    return _numpy_multiarray()._reconstruct
+    return numpy_multiarray()._reconstruct
 
 
 def _numpy_scalar() -> Any:
-    return _numpy_multiarray().scalar
+    return numpy_multiarray().scalar
 
 
 def _numpy_frombuffer() -> Any:
@@ -201,26 +193,27 @@ _TORCH_ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only allow-listed globals; ``chumpy.*`` classes become stand-ins."""
+class _FlameUnpickler(AllowListUnpickler):
+    """FLAME's allow-list (:class:`~networks.safe_pickle.AllowListUnpickler`): numpy arrays and dtypes,
+    scipy sparse matrices, ``set``; every ``chumpy.*`` class becomes an inert stand-in."""
 
-    def __init__(self, file: io.BufferedIOBase, source: Path, allow_torch: bool = False) -> None:
-        super().__init__(file, encoding="latin1")
-        self.source = source
-        self.allow_torch = allow_torch
+    allowed = {f"{module}.{name}": obj for (module, name), obj in _ALLOWED.items()}
+    families = {"chumpy": _stand_in}
+    persistent_load = AllowListUnpickler.refuse_persistent
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "chumpy" or module.startswith("chumpy."):
-            return _stand_in(module, name)
-        key = (module, name)
-        if key in _ALLOWED:
-            return _ALLOWED[key]
-        if self.allow_torch and key in _TORCH_ALLOWED:
-            return _TORCH_ALLOWED[key]
-        raise FlameModelError(f"{self.source}: refused pickled global {module}.{name} (not on the allow-list)")
+    def refuse(self, global_name: str) -> Exception:
+        what = global_name if global_name.startswith("persistent") else f"pickled global {global_name}"
+        return FlameModelError(f"{self.source}: refused {what} (not on the allow-list)")
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise FlameModelError(f"{self.source}: refused persistent pickle reference {pid!r}")
+
+class _FlameTorchUnpickler(_FlameUnpickler):
+    """FLAME's allow-list plus weights-only torch tensors (SMIRK's ``landmark_embedding.npy``)."""
+
+    allowed = {**_FlameUnpickler.allowed, **{f"{m}.{n}": obj for (m, n), obj in _TORCH_ALLOWED.items()}}
+
+
+def _unpickler(allow_torch: bool) -> type[_FlameUnpickler]:
+    return _FlameTorchUnpickler if allow_torch else _FlameUnpickler
 
 
 def restricted_pickle_load(path: str | os.PathLike, allow_torch: bool = False) -> Any:
@@ -235,7 +228,7 @@ def restricted_pickle_load(path: str | os.PathLike, allow_torch: bool = False) -
         raise FileNotFoundError(f"file not found: {path}")
     try:
         with path.open("rb") as f:
-            return _RestrictedUnpickler(f, path, allow_torch).load()
+            return _unpickler(allow_torch).load_file(f, str(path), encoding="latin1")
     except FlameModelError:
         raise
     except Exception as exc:  # truncated / corrupt pickles raise many types
@@ -265,7 +258,7 @@ def restricted_npy_load(path: str | os.PathLike) -> Any:
             else:
                 raise ValueError(f"unsupported .npy version {version}")
             if dtype.hasobject:
-                value = _RestrictedUnpickler(f, path, allow_torch=True).load()
+                value = _unpickler(True).load_file(f, str(path), encoding="latin1")
                 if isinstance(value, np.ndarray) and value.shape == () and value.dtype == object:
                     return value.item()
                 return value

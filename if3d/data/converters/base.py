@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from if3d.atomic import atomic_write_json
 from if3d.data.layout import (
     COUNTS_FILE,
     IGNORED_NAMES,
@@ -37,7 +38,7 @@ from if3d.data.layout import (
     write_annotations,
     write_classes,
 )
-from if3d.data.report import CorruptImageError, DataError, DataReport, write_json_atomic
+from if3d.data.report import CorruptImageError, DataError, DataReport
 
 JPEG_QUALITY = 95
 
@@ -369,7 +370,7 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
             "skipped": report.counts,
         }
         report.stats["written"] = len(written)
-        write_json_atomic(tmp / COUNTS_FILE, counts)
+        atomic_write_json(tmp / COUNTS_FILE, counts)
         report.save_json(tmp / REPORT_FILE)
 
         # move into place
