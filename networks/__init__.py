@@ -1,38 +1,79 @@
 """If3D model zoo: DDAMFN (MixedFeatureNet + DDA heads), the If3D two-stream fusion models,
-the SMIRK encoder and FLAME layer, and loaders for the original checkpoint formats.
+the SMIRK encoder and FLAME layer, their criteria, and loaders for the original checkpoint formats.
 
-Build by name with :func:`create_model`; load any supported weight file with
-:func:`load_weights`.
+Build by name with :func:`create_model`; load any supported weight file with :func:`load_weights`;
+get a model's training criterion with :func:`create_criterion`. Models, backbones, fusion strategies
+and criteria are registered (:mod:`networks.registry`); ``list_models()``, ``list_backbones()``,
+``list_fusions()``, ``list_criteria()`` show them.
 """
 
-# importing a model module registers its builders (networks.ddamfn registers "ddamfn")
+# importing a module registers what it defines (networks.ddamfn registers "ddamfn", networks.fusion the
+# four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria)
+from networks import criteria, fusion  # noqa: F401
+from networks.criteria import Criterion, LossOutput
 from networks.ddamfn import DDAMFN, DDAHead, attention_loss
 from networks.if3d import If3DNet, infer_if3d_config
 from networks.mixedfeaturenet import MixedFeatureNet
-from networks.registry import create_model, list_models, register_model
+from networks.registry import (
+    BackboneSpec,
+    FusionSpec,
+    ModelInfo,
+    backbone_spec,
+    create_backbone,
+    create_criterion,
+    create_fusion,
+    create_model,
+    fusion_spec,
+    list_backbones,
+    list_criteria,
+    list_fusions,
+    list_models,
+    model_info,
+    register_backbone,
+    register_criterion,
+    register_fusion,
+    register_model,
+)
+from networks.safe_pickle import UnsafePickleError
 from networks.weights import (
     CheckpointFormatError,
     LoadReport,
-    UnsafePickleError,
     WeightLoadError,
     build_model_from_checkpoint,
     load_weights,
 )
 
 __all__ = [
+    "BackboneSpec",
     "CheckpointFormatError",
+    "Criterion",
     "DDAHead",
     "DDAMFN",
+    "FusionSpec",
     "If3DNet",
     "LoadReport",
+    "LossOutput",
     "MixedFeatureNet",
+    "ModelInfo",
     "UnsafePickleError",
     "WeightLoadError",
     "attention_loss",
+    "backbone_spec",
     "build_model_from_checkpoint",
+    "create_backbone",
+    "create_criterion",
+    "create_fusion",
     "create_model",
+    "fusion_spec",
     "infer_if3d_config",
+    "list_backbones",
+    "list_criteria",
+    "list_fusions",
     "list_models",
     "load_weights",
+    "model_info",
+    "register_backbone",
+    "register_criterion",
+    "register_fusion",
     "register_model",
 ]

@@ -32,17 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from networks.mixedfeaturenet import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INPUT_SIZE,
-    ConvBnAct,
-    MixedFeatureNet,
-    _freeze,
-    remap_original_mfn_keys,
-)
+from networks.mixedfeaturenet import ConvBnAct, MixedFeatureNet, _freeze, remap_original_mfn_keys
 from networks.outputs import DDAMFNOutput
-from networks.registry import register_model
+from networks.registry import backbone_spec, create_backbone, register_model
 
 __all__ = [
     "ATTENTION_LOSS_EPS",
@@ -50,22 +42,11 @@ __all__ = [
     "DDAMFN",
     "attention_loss",
     "ddamfn",
-    "default_cfg",
     "remap_original_dda_head_keys",
 ]
 
 #: ``eps`` of DDAMFN's ``AttentionLoss``: Python's ``sys.float_info.epsilon`` (2.22e-16).
 ATTENTION_LOSS_EPS = sys.float_info.epsilon
-
-#: Input metadata of DDAMFN weights (timm ``default_cfg`` style).
-default_cfg = {
-    "input_size": (3, INPUT_SIZE, INPUT_SIZE),
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-    "feature_map": (512, 7, 7),
-    "source": "DDAMFN, Zhang et al., Electronics 2023, https://github.com/SainingZhang/DDAMFN",
-}
-
 
 class DDAHead(nn.Module):
     """Dual-direction attention head (the original ``CoordAttHead`` / its ``CoordAtt``).
@@ -117,9 +98,13 @@ class DDAMFN(nn.Module):
     Args:
         num_classes: expression classes (7 or 8 for AffectNet; any positive number).
         num_heads: DDA heads (≥ 1; the paper uses 2).
+        backbone: registered backbone (:func:`networks.registry.list_backbones`); default
+            MixedFeatureNet as in DDAMFN. Its :class:`~networks.registry.BackboneSpec` sets the input
+            size and the feature map (C, S) the heads and the S×S depthwise GDC work on.
 
     Attributes:
-        backbone: :class:`MixedFeatureNet` without embedding head (``embedding_size=None``).
+        backbone: the backbone (MixedFeatureNet without embedding head by default).
+        backbone_spec: its :class:`~networks.registry.BackboneSpec`.
         heads: ``nn.ModuleList`` of :class:`DDAHead`.
         gdc: 7×7 depthwise linear conv + BN (the original ``Linear``).
         fc: ``nn.Linear(512, num_classes)``.
@@ -128,16 +113,18 @@ class DDAMFN(nn.Module):
 
     input_streams = ("photo",)
 
-    def __init__(self, num_classes: int = 7, num_heads: int = 2) -> None:
+    def __init__(self, num_classes: int = 7, num_heads: int = 2, backbone: str = "mixedfeaturenet") -> None:
         super().__init__()
         if num_classes < 1 or num_heads < 1:
             raise ValueError(f"DDAMFN needs num_classes >= 1 and num_heads >= 1, got {num_classes}, {num_heads}")
         self.num_classes = num_classes
         self.num_heads = num_heads
-        self.backbone = MixedFeatureNet(embedding_size=None)
-        c = self.backbone.num_features
-        self.heads = nn.ModuleList(DDAHead(c) for _ in range(num_heads))
-        self.gdc = ConvBnAct(c, c, 7, groups=c, act=False)
+        self.backbone_name = backbone
+        self.backbone_spec = backbone_spec(backbone)
+        self.backbone = create_backbone(backbone)
+        c, side = self.backbone_spec.out_channels, self.backbone_spec.feature_size
+        self.heads = nn.ModuleList(DDAHead(c, map_size=side) for _ in range(num_heads))
+        self.gdc = ConvBnAct(c, c, side, groups=c, act=False)
         self.fc = nn.Linear(c, num_classes)
         # the original's BatchNorm1d(num_class), never applied; frozen
         self.unused_bn = _freeze(nn.BatchNorm1d(num_classes))
@@ -185,6 +172,9 @@ class DDAMFN(nn.Module):
         Raises:
             ValueError: unsupported ``source``.
         """
+        if source in ("mfn_module", "ddamfn") and not isinstance(self.backbone, MixedFeatureNet):
+            raise ValueError(f"{source} weights hold a MixedFeatureNet backbone; this model's backbone is "
+                             f"{self.backbone_name!r}")
         if source == "mfn_module":
             mapped, _, discarded = self.backbone.remap_state_dict(state_dict, "mfn_module")
             return {f"backbone.{k}": v for k, v in mapped.items()}, ["backbone."], discarded
@@ -291,8 +281,8 @@ def attention_loss(heads: Tensor | Sequence[Tensor], eps: float = ATTENTION_LOSS
     return pairs / (total + eps)
 
 
-@register_model
-def ddamfn(num_classes: int = 7, num_heads: int = 2, **kwargs) -> DDAMFN:
+@register_model(criterion="ddamfn", default_preset="ddamfn", final_checkpoint="DDAMFN.pth")
+def ddamfn(num_classes: int = 7, num_heads: int = 2, backbone: str = "mixedfeaturenet", **kwargs) -> DDAMFN:
     """DDAMFN classifier: MixedFeatureNet + ``num_heads`` DDA heads + ``num_classes``-way linear layer.
 
     Load the MS-Celeb-1M backbone with ``networks.load_weights(model, "pretrained/MFN_msceleb.pth")``
@@ -303,4 +293,4 @@ def ddamfn(num_classes: int = 7, num_heads: int = 2, **kwargs) -> DDAMFN:
     """
     if kwargs:
         raise TypeError(f"ddamfn() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
-    return DDAMFN(num_classes=num_classes, num_heads=num_heads)
+    return DDAMFN(num_classes=num_classes, num_heads=num_heads, backbone=backbone)

@@ -24,7 +24,7 @@ in If3D.
 MLP head (:class:`If3DClassifier`): ``fc_k → BN1d_k → LeakyReLU(0.2) → dropout_k`` for k = 1..3, then
 ``fc4 → BN4 → LeakyReLU(0.2) → output``. If3D's dropout rates after fc1, fc2, fc3 differ by strategy
 (its ``forward`` methods apply only some of the dropouts it builds): linear and attention (0.5, 0, 0),
-gate and SPP (0.5, 0.4, 0.3) — see :data:`IF3D_DROPOUT`.
+gate and SPP (0.5, 0.4, 0.3) — each strategy's :class:`~networks.registry.FusionSpec` says which.
 
 Output columns — read this before using an If3D checkpoint
 ----------------------------------------------------------
@@ -62,41 +62,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from networks.ddamfn import DDAHead, remap_original_dda_head_keys
-from networks.fusion import FUSION_STRATEGIES, build_fusion
-from networks.mixedfeaturenet import INPUT_SIZE, MixedFeatureNet, _freeze, remap_original_mfn_keys
+from networks.mixedfeaturenet import MixedFeatureNet, _freeze, remap_original_mfn_keys
 from networks.outputs import If3DOutput
-from networks.registry import register_model
+from networks.registry import (
+    FusionSpec,
+    backbone_spec,
+    create_backbone,
+    create_fusion,
+    fusion_spec,
+    list_fusions,
+)
 
 __all__ = [
-    "IF3D_DROPOUT",
-    "IF3D_SOURCE_CLASSES",
     "If3DClassifier",
     "If3DFeatures",
     "If3DNet",
-    "if3d_attention",
-    "if3d_gate",
-    "if3d_linear",
-    "if3d_spp",
     "infer_if3d_config",
 ]
-
-#: Dropout rates after fc1, fc2, fc3 that If3D's ``forward`` methods apply, per strategy
-#: (``DDAMNet_Smirk_Spatial_Alignment``: dropout1 only, dropout2 commented out, dropout3 unused;
-#: ``..._AttentionFusion``: dropout1 only; ``..._GateFusion`` and ``..._SPPFusion``: all three).
-IF3D_DROPOUT: dict[str, tuple[float, float, float]] = {
-    "linear": (0.5, 0.0, 0.0),
-    "attention": (0.5, 0.0, 0.0),
-    "gate": (0.5, 0.4, 0.3),
-    "spp": (0.5, 0.4, 0.3),
-}
-
-#: If3D class name of each strategy (``networks/DDAM_smirkpic_fusion.py``).
-IF3D_SOURCE_CLASSES: dict[str, str] = {
-    "linear": "DDAMNet_Smirk_Spatial_Alignment",
-    "attention": "DDAMNet_Smirk_Spatial_Alignment_AttentionFusion",
-    "gate": "DDAMNet_Smirk_Spatial_Alignment_GateFusion",
-    "spp": "DDAMNet_Smirk_Spatial_Alignment_SPPFusion",
-}
 
 #: Width of If3D's unused ``Smirk_Linear`` input (SMIRK's 358 parameters per face, presumably:
 #: 300 shape + 50 expression + 3 pose + 3 jaw + 2 eyelid).
@@ -181,22 +163,27 @@ class If3DNet(nn.Module):
     See the module docstring for the forward pass, the output columns and faithful mode.
 
     Args:
-        strategy: fusion strategy, one of ``linear``, ``attention``, ``gate``, ``spp``.
+        strategy: registered fusion strategy (:func:`networks.registry.list_fusions`: ``linear``,
+            ``attention``, ``gate``, ``spp`` and any registered later).
         num_classes: C, expression classes (8 for AffectNet-8).
         num_heads: H, DDA heads shared by both streams (If3D's scripts use 4).
-        shared_backbone: one MixedFeatureNet for both streams; default (``None``) as If3D: shared for
-            ``linear``, separate for the others.
+        shared_backbone: one backbone for both streams; default (``None``) the strategy's
+            (:attr:`FusionSpec.shared_backbone`: If3D shares it for ``linear`` only).
         va_outputs: predict valence and arousal (output layer C + 2 wide) or not (C wide).
         dropout: MLP dropout after fc1, fc2, fc3: three rates, or one rate for all three; default
-            (``None``) If3D's rates for the strategy (:data:`IF3D_DROPOUT`).
+            (``None``) the strategy's (:attr:`FusionSpec.dropout`, If3D's rates).
         faithful: reproduce If3D's architecture exactly (see the module docstring); requires If3D's
-            backbone sharing, dropout and VA outputs.
+            backbone, backbone sharing, dropout and VA outputs, and a strategy If3D has.
+        backbone: registered backbone (:func:`networks.registry.list_backbones`) of both streams;
+            default MixedFeatureNet, as in If3D. Its :class:`~networks.registry.BackboneSpec` sets the
+            input size and the map the heads and the fusion see.
         fusion_kwargs: extra arguments of the fusion module (e.g. ``{"num_heads": 8}`` for the
             improved attention); not allowed with ``faithful``.
 
     Attributes:
-        backbone (shared) or photo_backbone and render_backbone (separate): :class:`MixedFeatureNet`
-            without embedding head.
+        backbone (shared) or photo_backbone and render_backbone (separate): the registered backbone
+            (MixedFeatureNet without embedding head by default).
+        backbone_spec: its :class:`~networks.registry.BackboneSpec` (input size, mean/std, map).
         heads: ``nn.ModuleList`` of H :class:`~networks.ddamfn.DDAHead`, applied to both streams.
         fusion: the fusion module (``networks.fusion``).
         classifier: :class:`If3DClassifier`.
@@ -219,26 +206,31 @@ class If3DNet(nn.Module):
         dropout: float | Sequence[float] | None = None,
         faithful: bool = False,
         fusion_kwargs: Mapping | None = None,
+        backbone: str = "mixedfeaturenet",
     ) -> None:
         super().__init__()
-        if strategy not in FUSION_STRATEGIES:
-            raise ValueError(f"unknown If3D fusion strategy {strategy!r}; known: {', '.join(FUSION_STRATEGIES)}")
+        if strategy not in list_fusions():
+            raise ValueError(f"unknown If3D fusion strategy {strategy!r}; known: {', '.join(list_fusions())}")
         if num_classes < 1 or num_heads < 1:
             raise ValueError(f"If3DNet needs num_classes >= 1 and num_heads >= 1, got {num_classes}, {num_heads}")
-        if3d_shared = strategy == "linear"
+        spec: FusionSpec = fusion_spec(strategy)
         if shared_backbone is None:
-            shared_backbone = if3d_shared
+            shared_backbone = spec.shared_backbone
         if dropout is None:
-            dropout = IF3D_DROPOUT[strategy]
+            dropout = spec.dropout
         elif isinstance(dropout, (int, float)):
             dropout = (float(dropout),) * 3
         dropout = tuple(float(p) for p in dropout)
         if faithful:
             problems = []
-            if shared_backbone != if3d_shared:
-                problems.append(f"shared_backbone={shared_backbone} (If3D: {if3d_shared})")
-            if dropout != IF3D_DROPOUT[strategy]:
-                problems.append(f"dropout={dropout} (If3D: {IF3D_DROPOUT[strategy]})")
+            if spec.if3d_class is None:
+                problems.append(f"strategy {strategy!r} (If3D has no such model)")
+            if backbone != "mixedfeaturenet":
+                problems.append(f"backbone={backbone!r} (If3D: mixedfeaturenet)")
+            if shared_backbone != spec.shared_backbone:
+                problems.append(f"shared_backbone={shared_backbone} (If3D: {spec.shared_backbone})")
+            if dropout != tuple(spec.dropout):
+                problems.append(f"dropout={dropout} (If3D: {spec.dropout})")
             if not va_outputs:
                 problems.append("va_outputs=False (If3D always predicts valence and arousal)")
             if fusion_kwargs:
@@ -247,24 +239,28 @@ class If3DNet(nn.Module):
                 raise ValueError(f"faithful If3D {strategy} model cannot have " + "; ".join(problems))
 
         self.strategy = strategy
+        self.spec = spec
         self.num_classes = num_classes
         self.num_heads = num_heads
         self.shared_backbone = shared_backbone
         self.va_outputs = va_outputs
         self.faithful = faithful
+        self.backbone_name = backbone
+        self.backbone_spec = backbone_spec(backbone)
 
         if shared_backbone:
-            self.backbone = MixedFeatureNet(embedding_size=None)
+            self.backbone = create_backbone(backbone)
         else:
-            self.photo_backbone = MixedFeatureNet(embedding_size=None)
-            self.render_backbone = MixedFeatureNet(embedding_size=None)
-        channels = MixedFeatureNet.num_features
-        self.heads = nn.ModuleList(DDAHead(channels) for _ in range(num_heads))
-        self.fusion = build_fusion(strategy, faithful=faithful, channels=channels, **dict(fusion_kwargs or {}))
+            self.photo_backbone = create_backbone(backbone)
+            self.render_backbone = create_backbone(backbone)
+        channels, side = self.backbone_spec.out_channels, self.backbone_spec.feature_size
+        self.heads = nn.ModuleList(DDAHead(channels, map_size=side) for _ in range(num_heads))
+        self.fusion = create_fusion(strategy, faithful=faithful, channels=channels, spatial=side,
+                                    **dict(fusion_kwargs or {}))
         self.classifier = If3DClassifier(
             self.fusion.out_features, num_classes + (_VA_OUTPUTS if va_outputs else 0), dropout=dropout
         )
-        if faithful and strategy == "linear":
+        if faithful and spec.faithful_smirk_linear:
             # If3D builds nn.Linear(358, 512, bias=False) but never calls it; kept frozen for checkpoints
             self.smirk_linear = _freeze(nn.Linear(SMIRK_PARAMS_WIDTH, channels, bias=False))
 
@@ -276,7 +272,7 @@ class If3DNet(nn.Module):
         """State-dict prefixes of the backbone(s): ``("backbone.",)`` or photo's and render's."""
         return ("backbone.",) if self.shared_backbone else ("photo_backbone.", "render_backbone.")
 
-    def _backbones(self) -> tuple[MixedFeatureNet, MixedFeatureNet]:
+    def _backbones(self) -> tuple[nn.Module, nn.Module]:
         if self.shared_backbone:
             return self.backbone, self.backbone
         return self.photo_backbone, self.render_backbone
@@ -298,9 +294,10 @@ class If3DNet(nn.Module):
         Raises:
             ValueError: inputs are not two float [B, 3, 112, 112] batches of the same shape.
         """
+        size = self.backbone_spec.input_size
         for name, x in (("photo", photo), ("render", render)):
-            if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
-                raise ValueError(f"If3DNet: {name} must be [B, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(x.shape)}")
+            if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (size, size):
+                raise ValueError(f"If3DNet: {name} must be [B, 3, {size}, {size}], got {tuple(x.shape)}")
             if not x.is_floating_point():
                 raise ValueError(f"If3DNet: {name} must be normalised float, got dtype {x.dtype}")
         if photo.shape != render.shape:
@@ -378,6 +375,9 @@ class If3DNet(nn.Module):
                 a shared-backbone model (which of the two would be ambiguous).
         """
         sd = _unwrap(state_dict)
+        if source in ("if3d", "mfn_module", "ddamfn") and not isinstance(self._backbones()[0], MixedFeatureNet):
+            raise ValueError(f"{source} weights hold MixedFeatureNet backbones; this model's backbone is "
+                             f"{self.backbone_name!r}")
         if source == "if3d":
             return self._remap_if3d(sd)
         if source == "mfn_module":
@@ -418,17 +418,14 @@ class If3DNet(nn.Module):
     def _remap_if3d(self, sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str] | None, list[str]]:
         name, _ = infer_if3d_config(sd)
         source_strategy = name.removeprefix("if3d_")
-        mapped = self._map_backbones(sd, "shared" if source_strategy == "linear" else "separate")
+        mapped = self._map_backbones(sd, "shared" if fusion_spec(source_strategy).shared_backbone else "separate")
         heads, _ = self._map_heads(sd)
         mapped.update(heads)
         prefixes = [*self.backbone_prefixes, "heads."]
         used = ["features.", "orig_features.", "smirk_features.", "cat_head"]
         if source_strategy == self.strategy:
-            pairs = [("Linear.", "fusion.depthwise.")]
-            if self.strategy == "gate":
-                pairs.append(("gate_fusion.gate_fc.0.", "fusion.gate."))
-            if self.strategy == "attention" and self.faithful:
-                pairs.append(("attention_fusion.", "fusion."))
+            own = [*self.spec.if3d_keys, *(self.spec.faithful_keys if self.faithful else ())]
+            pairs = [("Linear.", "fusion.depthwise."), *((src, f"fusion.{dst}") for src, dst in own)]
             if hasattr(self, "smirk_linear"):
                 pairs.append(("Smirk_Linear.", "smirk_linear."))
             pairs += [(f"{layer}.", f"classifier.{layer}.") for layer in _CLASSIFIER_LAYERS]
@@ -486,9 +483,10 @@ def _unwrap(state_dict: Mapping) -> Mapping[str, Tensor]:
 def infer_if3d_config(state_dict: Mapping) -> tuple[str, dict]:
     """Recognise an If3D state dict: ``(model name, builder kwargs)`` for :func:`networks.create_model`.
 
-    The strategy follows from If3D's layer names (``attention_fusion.*`` → attention,
-    ``gate_fusion.*`` → gate; separate ``orig_features``/``smirk_features`` backbones without either →
-    SPP; one ``features`` backbone with the ``fc1`` MLP → linear); the number of heads is the number of
+    The strategy follows from If3D's layer names, as each registered strategy declares them
+    (:attr:`FusionSpec.if3d_marker`: ``attention_fusion.*`` → attention, ``gate_fusion.*`` → gate); a
+    checkpoint without such layers is told apart by its backbone layout (separate
+    ``orig_features``/``smirk_features`` → SPP, one ``features`` → linear); the number of heads is the number of
     ``cat_head{i}`` modules and the number of classes is the output layer's rows minus 2.
 
     Args:
@@ -512,17 +510,18 @@ def infer_if3d_config(state_dict: Mapping) -> tuple[str, dict]:
         )
     separate = any(k.startswith("orig_features.") for k in keys) and any(k.startswith("smirk_features.") for k in keys)
     shared = any(k.startswith("features.") for k in keys)
-    if any(k.startswith("attention_fusion.") for k in keys):
-        strategy = "attention"
-    elif any(k.startswith("gate_fusion.") for k in keys):
-        strategy = "gate"
-    elif separate:
-        strategy = "spp"
-    elif shared:
-        strategy = "linear"
-    else:
+    if not (separate or shared):
         raise ValueError("not an If3D state dict: no backbone keys (features.* or orig_features.*/smirk_features.*)")
-    if (strategy == "linear") == separate:
+    if3d_strategies = {n: fusion_spec(n) for n in list_fusions() if fusion_spec(n).if3d_class is not None}
+    marked = [n for n, spec in if3d_strategies.items()
+              if spec.if3d_marker and any(k.startswith(spec.if3d_marker) for k in keys)]
+    if not marked:  # no strategy-specific layers: told apart by the backbone layout
+        marked = [n for n, spec in if3d_strategies.items() if spec.if3d_marker is None
+                  and spec.shared_backbone == (not separate)]
+    if len(marked) != 1:
+        raise ValueError(f"cannot tell the If3D strategy of this state dict (candidates: {marked or 'none'})")
+    strategy = marked[0]
+    if if3d_strategies[strategy].shared_backbone == separate:
         raise ValueError(f"inconsistent If3D state dict: {strategy} fusion with the other strategies' backbone layout")
     rows = sd["output.weight"].shape[0]
     if rows <= _VA_OUTPUTS:
@@ -530,49 +529,3 @@ def infer_if3d_config(state_dict: Mapping) -> tuple[str, dict]:
     if sorted(heads) != list(range(len(heads))):
         raise ValueError(f"If3D DDA heads are not numbered 0..H-1: {sorted(heads)}")
     return f"if3d_{strategy}", {"num_classes": rows - _VA_OUTPUTS, "num_heads": len(heads), "faithful": True}
-
-
-def _build(strategy: str, **kwargs) -> If3DNet:
-    return If3DNet(strategy, **kwargs)
-
-
-@register_model
-def if3d_linear(**kwargs) -> If3DNet:
-    """If3D linear fusion: one shared MixedFeatureNet, depthwise 7×7 pooling per stream, concatenated (1024).
-
-    Keyword arguments as :class:`If3DNet` (``num_classes=8, num_heads=4, shared_backbone=True,
-    va_outputs=True, dropout=(0.5, 0, 0), faithful=False``). Faithful, 8 classes, 4 heads: 19.21 M
-    parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment``).
-    """
-    return _build("linear", **kwargs)
-
-
-@register_model
-def if3d_attention(**kwargs) -> If3DNet:
-    """If3D attention fusion; default: the improved cross-attention over 49 tokens
-    (:class:`~networks.fusion.CrossAttentionFusion`); ``faithful=True``: If3D's 1×1 attention.
-
-    Keyword arguments as :class:`If3DNet` (separate backbones, dropout (0.5, 0, 0)). Faithful, 8
-    classes, 4 heads: 22.35 M parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment_AttentionFusion``).
-    """
-    return _build("attention", **kwargs)
-
-
-@register_model
-def if3d_gate(**kwargs) -> If3DNet:
-    """If3D gate fusion: separate backbones, depthwise 3×3, sigmoid gate per position and channel (25088).
-
-    Keyword arguments as :class:`If3DNet` (dropout (0.5, 0.4, 0.3)). Faithful, 8 classes, 4 heads:
-    72.85 M parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment_GateFusion``).
-    """
-    return _build("gate", **kwargs)
-
-
-@register_model
-def if3d_spp(**kwargs) -> If3DNet:
-    """If3D SPP fusion: separate backbones, depthwise 3×3, max-pool pyramid 1/2/4 per stream (21504).
-
-    Keyword arguments as :class:`If3DNet` (dropout (0.5, 0.4, 0.3)). Faithful, 8 classes, 4 heads:
-    64.99 M parameters (If3D ``DDAMNet_Smirk_Spatial_Alignment_SPPFusion``).
-    """
-    return _build("spp", **kwargs)

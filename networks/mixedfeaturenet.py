@@ -40,6 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from networks.registry import BackboneSpec, register_backbone
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -50,6 +52,7 @@ __all__ = [
     "MixedDepthwiseConv",
     "MixedFeatureNet",
     "ORIGINAL_CHILDREN",
+    "mixedfeaturenet",
     "remap_original_mfn_keys",
 ]
 
@@ -410,3 +413,19 @@ def remap_original_mfn_keys(
             mapped = _map_child(child, rest)
         out[dst_prefix + (mapped if mapped is not None else f"<unmapped>.{key}")] = value
     return out
+
+
+@register_backbone(
+    "mixedfeaturenet",
+    BackboneSpec(
+        input_size=INPUT_SIZE,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        out_channels=MixedFeatureNet.num_features,
+        feature_size=7,
+        weights="MS-Celeb-1M face recognition (DDAMFN's pretrained/MFN_msceleb.pth; the user's own file)",
+    ),
+)
+def mixedfeaturenet(**kwargs) -> MixedFeatureNet:
+    """MixedFeatureNet feature extractor (no embedding head): ``forward_features`` [B,3,112,112] → [B,512,7,7]."""
+    return MixedFeatureNet(embedding_size=None, **kwargs)

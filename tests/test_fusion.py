@@ -1,4 +1,4 @@
-"""Fusion modules (networks/fusion.py): shapes, If3D's exact computations, and whether they learn."""
+"""Fusion modules (networks/fusion/): shapes, If3D's exact computations, and whether they learn."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from networks.fusion import (
-    FUSION_STRATEGIES,
     CrossAttentionFusion,
     GateFusion,
     If3DAttentionFusion,
     LinearFusion,
     SPPFusion,
-    build_fusion,
+    create_fusion,
     sincos_position_2d,
 )
+
+IF3D_STRATEGIES = ("linear", "attention", "gate", "spp")
 
 EXPECTED_OUT = {"linear": 1024, "attention": 512, "gate": 25088, "spp": 21504}
 
@@ -46,10 +47,10 @@ def _depthwise_reference(module, x):
     return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
-@pytest.mark.parametrize("strategy", FUSION_STRATEGIES)
+@pytest.mark.parametrize("strategy", IF3D_STRATEGIES)
 @pytest.mark.parametrize("faithful", [False, True])
 def test_output_width(strategy, faithful, maps):
-    module = build_fusion(strategy, faithful=faithful).eval()
+    module = create_fusion(strategy, faithful=faithful).eval()
     out = module(*maps)
     assert module.out_features == EXPECTED_OUT[strategy]
     assert out.shape == (3, EXPECTED_OUT[strategy])
@@ -57,10 +58,10 @@ def test_output_width(strategy, faithful, maps):
 
 
 def test_attention_strategy_picks_improved_by_default():
-    assert isinstance(build_fusion("attention"), CrossAttentionFusion)
-    assert isinstance(build_fusion("attention", faithful=True), If3DAttentionFusion)
-    with pytest.raises(ValueError, match="unknown fusion strategy"):
-        build_fusion("concat")
+    assert isinstance(create_fusion("attention"), CrossAttentionFusion)
+    assert isinstance(create_fusion("attention", faithful=True), If3DAttentionFusion)
+    with pytest.raises(KeyError, match="unknown fusion strategy 'concat'; known: attention, gate, linear, spp"):
+        create_fusion("concat")
 
 
 def test_bad_maps_are_rejected(maps):

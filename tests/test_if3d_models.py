@@ -19,7 +19,8 @@ from torchvision.transforms import functional as TF
 import networks
 from if3d.classes import canonical_label
 from networks.ddamfn import DDAHead
-from networks.if3d import IF3D_DROPOUT, If3DNet, infer_if3d_config
+from networks.fusion import fusion_spec
+from networks.if3d import If3DNet, infer_if3d_config
 from networks.mixedfeaturenet import IMAGENET_MEAN, IMAGENET_STD
 
 SPEC_NAMES = {
@@ -411,7 +412,7 @@ def test_bad_configuration_and_inputs_are_rejected():
     with pytest.raises(ValueError, match="unknown If3D fusion strategy"):
         If3DNet("concat")
     model = networks.create_model("if3d_linear")
-    assert model.classifier.dropout_rates == IF3D_DROPOUT["linear"]
+    assert model.classifier.dropout_rates == fusion_spec("linear").dropout
     with pytest.raises(ValueError, match=r"render must be \[B, 3, 112, 112\]"):
         model(torch.zeros(1, 3, 112, 112), torch.zeros(1, 3, 96, 96))
     with pytest.raises(ValueError, match="normalised float"):

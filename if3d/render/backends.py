@@ -7,16 +7,26 @@ background, ``MeshRenderer``) plus the per-image 3D parameters, or reports that 
   offline out of the box.
 - ``smirk``: the official SMIRK encoder + FLAME (``smirk_backend``); needs the user's
   ``SMIRK_em1.pt`` checkpoint and FLAME 2020 ``generic_model.pkl``.
+
+Backends are registered by name (:func:`register_backend`, a class decorator); :func:`get_backend`
+builds one and :func:`list_backends` names them (the render command's ``--backend`` choices). A new
+backend is one module whose class satisfies :class:`RenderBackend` and is decorated; the built-in
+modules are imported on first use, so ``import if3d.render`` stays light.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-BACKENDS = ("mediapipe", "smirk")
+#: Modules of the built-in backends; importing one registers its backend.
+_BUILTIN_MODULES = ("if3d.render.mediapipe_backend", "if3d.render.smirk_backend")
+_BACKENDS: dict[str, Callable[..., RenderBackend]] = {}
+
 FRAMINGS = ("photo", "smirk-crop")
 """``photo``: the render is pixel-aligned with the photo resized to size x size.
 ``smirk-crop``: SMIRK's input crop (``landmarks.smirk_crop_matrix``) resized to size x size."""
@@ -59,25 +69,47 @@ class RenderBackend(Protocol):
         ...
 
 
+def register_backend(name: str):
+    """Register a render backend class under ``name`` (class decorator).
+
+    Raises:
+        ValueError: the name is already registered.
+    """
+
+    def decorate(cls):
+        if name in _BACKENDS:
+            raise ValueError(f"render backend {name!r} is registered twice")
+        _BACKENDS[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def list_backends() -> list[str]:
+    """Names accepted by :func:`get_backend` (the built-in ``mediapipe`` and ``smirk`` and any registered)."""
+    _load_builtins()
+    return sorted(_BACKENDS)
+
+
 def get_backend(name: str, **kwargs) -> RenderBackend:
-    """Build a backend by name.
+    """Build a registered backend by name.
 
     Args:
-        name: ``"mediapipe"`` or ``"smirk"``.
-        **kwargs: passed to the backend's constructor. Both accept ``size`` (int) and ``framing``
-            (one of ``FRAMINGS``). ``mediapipe``: see ``MediaPipeBackend``. ``smirk``: also
+        name: ``"mediapipe"``, ``"smirk"`` or another registered name (:func:`list_backends`).
+        **kwargs: passed to the backend's constructor. Both built-ins accept ``size`` (int) and
+            ``framing`` (one of ``FRAMINGS``). ``mediapipe``: see ``MediaPipeBackend``. ``smirk``: also
             ``checkpoint`` (path to ``SMIRK_em1.pt``), ``flame_model`` (path to ``generic_model.pkl``),
             ``assets_dir`` (folder with SMIRK's assets), ``device`` (torch device string).
 
     Raises:
-        ValueError: for an unknown backend name.
+        ValueError: for an unknown backend name (the message lists the registered ones).
     """
-    if name == "mediapipe":
-        from if3d.render.mediapipe_backend import MediaPipeBackend
-
-        return MediaPipeBackend(**kwargs)
-    if name == "smirk":
-        from if3d.render.smirk_backend import SmirkBackend
-
-        return SmirkBackend(**kwargs)
-    raise ValueError(f"unknown render backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    names = list_backends()
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown render backend {name!r}; choose one of {', '.join(names)}")
+    return _BACKENDS[name](**kwargs)

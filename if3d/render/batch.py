@@ -289,7 +289,7 @@ def render_tree(
     """
     from tqdm import tqdm
 
-    from if3d.render.backends import BACKENDS, FRAMINGS
+    from if3d.render.backends import FRAMINGS, list_backends
 
     input_root = Path(input_root)
     output_root = Path(output_root)
@@ -297,8 +297,8 @@ def render_tree(
         raise FileNotFoundError(f"input folder {input_root} does not exist or is not a folder")
     if input_root.resolve() == output_root.resolve():
         raise ValueError(f"output folder must differ from the input folder ({input_root})")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown render backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in list_backends():
+        raise ValueError(f"unknown render backend {backend!r}; choose one of {', '.join(list_backends())}")
     if framing not in FRAMINGS:
         raise ValueError(f"unknown framing {framing!r}; choose one of {', '.join(FRAMINGS)}")
     if int(size) != size or size < 1:

@@ -15,7 +15,7 @@ import os
 import pickle
 import sys
 
-from if3d.render.backends import BACKENDS, FRAMINGS
+from if3d.render.backends import FRAMINGS, list_backends
 
 _SMIRK_OPTIONS = {"smirk_checkpoint": "checkpoint", "flame_model": "flame_model", "smirk_assets": "assets_dir",
                   "device": "device"}
@@ -29,7 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="folder of photos (every file under it is an input)")
     p.add_argument("--output", required=True, help="folder for renders, parameter files and manifest.csv")
-    p.add_argument("--backend", choices=BACKENDS, default="mediapipe",
+    p.add_argument("--backend", choices=list_backends(), default="mediapipe",
                    help="3D backend: mediapipe (offline, default) or smirk (needs the SMIRK checkpoint and FLAME)")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (default 224)")
     p.add_argument("--workers", type=int, default=None,

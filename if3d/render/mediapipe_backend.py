@@ -49,7 +49,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from if3d.render.backends import FRAMINGS, RenderResult
+from if3d.render.backends import FRAMINGS, RenderResult, register_backend
 from if3d.render.gl import MeshRenderer
 from if3d.render.landmarks import FaceLandmarker, smirk_crop_matrix
 from if3d.render.topology import NUM_MESH_VERTICES, face_mesh_triangles
@@ -133,6 +133,7 @@ def frame_photo(image_rgb: np.ndarray, params: dict[str, np.ndarray], size: int)
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+@register_backend("mediapipe")
 class MediaPipeBackend:
     """Offline 3D backend: MediaPipe FaceMesh landmarks rendered as a grey shaded mesh.
 

@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 import torch
 
-from if3d.render.backends import FRAMINGS, RenderResult
+from if3d.render.backends import FRAMINGS, RenderResult, register_backend
 from if3d.render.gl import MeshRenderer
 from if3d.render.landmarks import FaceLandmarker, smirk_crop_matrix
 
@@ -136,6 +136,7 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@register_backend("smirk")
 class SmirkBackend:
     """The official SMIRK pipeline as a render backend (module docstring).
 
