@@ -7,14 +7,21 @@ from the weights) or a DDAMFN checkpoint — runs it on the split and writes to 
 
     metrics.json                     accuracy, balanced_accuracy, precision/recall/f1 (macro, weighted),
                                      per_class, confusion_matrix, and valence/arousal (RMSE, PCC, CCC,
-                                     SAGR) when the split has VA labels and the model VA outputs
+                                     SAGR) when the split has VA labels and the model VA outputs; the
+                                     checkpoint, model, split, class names, data report and
+                                     ``excluded_samples`` (samples of classes the model does not have)
     predictions.csv                  one row per sample: path, label, prediction, class probabilities,
                                      valence/arousal targets and predictions
     confusion_matrix.png             counts (seaborn), accuracy in the title
     confusion_matrix_normalized.png  rows normalised to 1 (per-class recall on the diagonal)
 
-Labels are canonical AffectNet-order indices (``if3d.classes``); checkpoints without class names
-(the original If3D/DDAMFN files) use the first C AffectNet-8 names.
+Class names are compared, never assumed: the dataset's labels (its ``classes.json``, canonical
+AffectNet-8 order for explicit folders) are mapped onto the checkpoint's classes by name (any common
+spelling, :func:`if3d.classes.canonical_label`). Classes in a different order are remapped; samples of
+classes the model does not have (Contempt under a 7-class model) are left out and counted in
+``metrics.json`` (``excluded_samples``) with a warning; a dataset that shares no class with the model
+is refused. Checkpoints without class names (the original If3D/DDAMFN files) use the first C
+AffectNet-8 names.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import math
 import os
 import pickle
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +41,54 @@ import numpy as np
 import torch
 
 from if3d.atomic import atomic_write_json, atomic_write_text
-from if3d.classes import class_names_for
+from if3d.classes import canonical_label, class_names_for
+from if3d.data.source import SplitSource, dataset_report, open_split, sample_path
 from if3d.plots import plot_confusion_matrix
-from if3d.train.allocator import tune_glibc_malloc
-from if3d.train.config import FAST_PATH_DEFAULTS, TrainConfig, resolve_amp
-from if3d.train.distributed import cleanup_distributed, init_distributed
-from if3d.train.engine import (
+from if3d.runtime import (
     BatchPreparer,
-    _sample_path,
-    build_train_dataset,
-    evaluate,
+    RuntimeConfig,
+    cleanup_distributed,
+    init_distributed,
+    model_streams,
+    predict,
+    resolve_runtime,
     summarize_predictions,
 )
+from if3d.runtime.allocator import tune_glibc_malloc
 
 DEFAULT_OUT_ROOT = "FusionConfusionMatrix"
 
 
-def checkpoint_class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
-    """Class names stored in one of our checkpoints, else the first ``num_classes`` AffectNet-8 names."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # foreign formats (e.g. a pickled module) carry no class names
-        obj = None
-    names = obj.get("class_names") if isinstance(obj, dict) else None
+def checkpoint_class_names(metadata: Mapping[str, Any], num_classes: int) -> list[str]:
+    """Class names stored in one of our checkpoints (its load report's metadata), else the first
+    ``num_classes`` AffectNet-8 names."""
+    names = metadata.get("class_names")
     if isinstance(names, list) and len(names) == num_classes:
         return [str(n) for n in names]
     return class_names_for(num_classes)
+
+
+def _class_key(name: str) -> Any:
+    try:
+        return canonical_label(name)
+    except KeyError:
+        return name.strip().lower()
+
+
+def label_mapping(data_names: Sequence[str], model_names: Sequence[str]) -> dict[int, int]:
+    """Dataset label → model class index, matching class names in any common spelling.
+
+    Dataset classes the model does not have are absent from the mapping.
+
+    Raises:
+        ValueError: no dataset class matches a model class (the message lists both).
+    """
+    model_index = {_class_key(n): j for j, n in enumerate(model_names)}
+    mapping = {i: model_index[_class_key(n)] for i, n in enumerate(data_names) if _class_key(n) in model_index}
+    if not mapping:
+        raise ValueError(f"the dataset's classes ({', '.join(data_names)}) share no class with the "
+                         f"checkpoint's ({', '.join(model_names)})")
+    return mapping
 
 
 def _num_classes(model: torch.nn.Module, streams: Sequence[str], image_size: int) -> int:
@@ -77,6 +106,18 @@ def default_out_dir(checkpoint: str | os.PathLike, split: str) -> Path:
     p = Path(checkpoint)
     name = p.stem if p.stem not in ("best", "last") else f"{p.parent.name}_{p.stem}"
     return Path(DEFAULT_OUT_ROOT) / f"{name}_{split}"
+
+
+def default_split(data: str | os.PathLike) -> str:
+    """The held-out split of a canonical dataset: ``test`` when it exists, else ``val``.
+
+    Raises:
+        FileNotFoundError: neither exists.
+    """
+    for split in ("test", "val"):
+        if (Path(data) / "photos" / split).is_dir():
+            return split
+    raise FileNotFoundError(f"{data}: no photos/test or photos/val split; give --split NAME")
 
 
 def write_predictions_csv(path: Path, results: dict, class_names: Sequence[str], paths: Sequence[str]) -> None:
@@ -98,11 +139,36 @@ def write_predictions_csv(path: Path, results: dict, class_names: Sequence[str],
     atomic_write_text(path, buf.getvalue())
 
 
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create the output folder before any work, so an unusable ``--out`` fails at once."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the output folder {out_dir}: {e.strerror or e}") from e
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"the output folder {out_dir} is not writable")
+
+
+def _remap_results(results: dict, mapping: Mapping[int, int], data_names: Sequence[str]) -> tuple[dict, dict]:
+    """Dataset labels → model indices; samples of classes outside ``mapping`` removed and counted by name."""
+    labels = np.asarray(results["label"])
+    keep = np.isin(labels, list(mapping))
+    excluded = {data_names[int(c)]: int((labels == c).sum()) for c in np.unique(labels[~keep])}
+    kept = {k: np.asarray(v)[keep] for k, v in results.items()}
+    lut = np.full(max(len(data_names), int(labels.max(initial=0)) + 1), -1, dtype=np.int64)
+    for i, j in mapping.items():
+        lut[i] = j
+    kept["label"] = lut[kept["label"]]
+    return kept, excluded
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
     data: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     photos: str | None = None,
     renders: str | None = None,
     annotations: str | None = None,
@@ -123,84 +189,99 @@ def evaluate_checkpoint(
 
     Args:
         checkpoint: any file ``networks.weights.build_model_from_checkpoint`` reads.
-        data: canonical dataset root (with ``split``), or else ``photos``/``renders``/``annotations``
-            explicit paths of one split.
+        data: canonical dataset root (with ``split``, default :func:`default_split`), or else
+            ``photos``/``renders``/``annotations`` explicit paths of one split.
         out: output folder (default :func:`default_out_dir`).
         amp, channels_last, tune_allocator: as for training (None: the device's default; the
-            allocator tuning, :func:`if3d.train.allocator.tune_glibc_malloc`, applies to CPU runs only).
+            allocator tuning, :func:`if3d.runtime.allocator.tune_glibc_malloc`, applies to CPU runs only).
         skip_missing_renders: skip (and count) photos without a render.
         max_samples: seeded random subset of the split.
 
     Returns:
         The metrics dict (also in ``<out>/metrics.json``), plus ``'checkpoint'``, ``'model'``,
-        ``'split'``, ``'class_names'`` and ``'data_report'`` entries.
+        ``'split'``, ``'class_names'``, ``'excluded_samples'`` and ``'data_report'`` entries.
 
     Raises:
-        FileNotFoundError, ValueError: missing files, bad options, or a dataset whose labels exceed
-            the model's classes (the message says which).
+        FileNotFoundError, FileExistsError, PermissionError, ValueError: missing files, an unusable
+            output folder, bad options, or a dataset that shares no class with the model (the message
+            says which).
     """
     from networks.weights import build_model_from_checkpoint
 
     if (data is None) == (photos is None):
         raise ValueError("give either data (a canonical dataset root) or photos (explicit paths)")
+    if data is not None and split is None:
+        split = default_split(data)
+        if verbose:
+            print(f"evaluating split {split!r} of {data} (--split to choose another)", flush=True)
+    source = SplitSource.from_root(data, split) if data is not None else SplitSource.from_paths(photos, renders,
+                                                                                                 annotations)
+    out_dir = Path(out) if out is not None else default_out_dir(checkpoint, source.split)
     info = init_distributed(device)
     try:
+        if info.is_main:
+            _prepare_out_dir(out_dir)
         model, report = build_model_from_checkpoint(checkpoint)
-        streams = tuple(getattr(model, "input_streams", ("photo",)))
-        num_classes = _num_classes(model, streams, image_size)
-        class_names = checkpoint_class_names(checkpoint, num_classes)
-        d = FAST_PATH_DEFAULTS["cuda" if info.device.type == "cuda" else "cpu"]
-        amp_mode = resolve_amp(amp if amp is not None else d.amp, info.device.type)
-        cl = d.channels_last if channels_last is None else channels_last
-        if info.device.type == "cpu" and (d.tune_allocator if tune_allocator is None else tune_allocator):
+        streams = model_streams(model)
+        class_names = checkpoint_class_names(getattr(report, "metadata", {}), _num_classes(model, streams, image_size))
+        runtime = resolve_runtime(RuntimeConfig(device=device, amp=amp, channels_last=channels_last,
+                                                tune_allocator=tune_allocator), info.device)
+        if runtime.tune_allocator:
             tune_glibc_malloc()
         model = model.to(info.device).eval()
-        if cl:
+        if runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
 
-        cfg = TrainConfig(
-            model=model.__class__.__name__, data=data, val_split=split, val_photos=photos,
-            val_renders=renders, val_annotations=annotations, image_size=image_size,
-            skip_missing_renders=skip_missing_renders, max_val_samples=max_samples,
-            num_classes=num_classes, seed=seed, augment=False,
-        )
-        dataset = build_train_dataset(cfg, "val", photo_only=streams == ("photo",))
-        top = int(np.asarray(dataset.labels).max())
-        if top >= num_classes:
-            raise ValueError(f"the split has label {top} but the model has {num_classes} classes")
-        prepare = BatchPreparer(info.device, streams, cl, augment=False, image_size=image_size)
-        results = evaluate(model, streams, dataset, prepare, batch_size=batch_size, workers=workers,
-                           amp=amp_mode, info=info, desc="test")
+        dataset = open_split(source, image_size=image_size, photo_only=streams == ("photo",),
+                             skip_missing_renders=skip_missing_renders, max_samples=max_samples, seed=seed + 1)
+        data_names = list(dataset.class_names)
+        mapping = label_mapping(data_names, class_names)
+        prepare = BatchPreparer.for_model(model, info.device, runtime.channels_last, augment=False,
+                                          image_size=image_size)
+        results = predict(model, dataset, prepare, batch_size=batch_size, workers=workers, amp=runtime.amp,
+                          info=info, desc="test")
+        results, excluded = _remap_results(results, mapping, data_names)
+        if excluded and verbose and info.is_main:
+            print(f"warning: {sum(excluded.values())} samples of classes the checkpoint does not have were left "
+                  f"out: {excluded}", file=sys.stderr, flush=True)
+        if len(results["label"]) == 0:
+            raise ValueError("no sample of the split belongs to a class of the checkpoint")
         metrics = summarize_predictions(results, class_names)
-        out_dir = Path(out) if out is not None else default_out_dir(checkpoint, split)
         if info.is_main:
-            metrics = {
-                **metrics,
-                "checkpoint": str(checkpoint),
-                "checkpoint_format": report.source if hasattr(report, "source") else None,
-                "model": _model_label(model, report),
-                "input_streams": list(streams),
-                "split": split if data is not None else str(photos),
-                "class_names": class_names,
-                "data_report": _jsonable_report(dataset),
-            }
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out_dir / "metrics.json", _finite_or_none(metrics))
-            paths = [_sample_path(dataset, int(i)) for i in results["index"]]
-            write_predictions_csv(out_dir / "predictions.csv", results, class_names, paths)
-            acc = metrics["accuracy"]
-            stem = Path(checkpoint).stem
-            plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix.png",
-                                  title=f"{stem} on {metrics['split']}", accuracy=acc)
-            plot_confusion_matrix(metrics["confusion_matrix"], class_names,
-                                  out_dir / "confusion_matrix_normalized.png", normalize=True,
-                                  title=f"{stem} on {metrics['split']} (row-normalised)", accuracy=acc)
-            metrics["out"] = str(out_dir)
+            metrics = _write_outputs(metrics, results, dataset, out_dir, checkpoint, model, report, streams,
+                                     split if data is not None else str(photos), class_names, excluded)
             if verbose:
                 print(format_metrics(metrics), flush=True)
         return metrics
     finally:
         cleanup_distributed()
+
+
+def _write_outputs(metrics, results, dataset, out_dir: Path, checkpoint, model, report, streams, split_label,
+                   class_names, excluded) -> dict:
+    model_label = _model_label(model, report)
+    metrics = {
+        **metrics,
+        "checkpoint": str(checkpoint),
+        "checkpoint_format": getattr(report, "source", None),
+        "model": model_label,
+        "input_streams": list(streams),
+        "split": split_label,
+        "class_names": class_names,
+        "excluded_samples": excluded,
+        "data_report": dataset_report(dataset),
+    }
+    atomic_write_json(out_dir / "metrics.json", _finite_or_none(metrics))
+    paths = [sample_path(dataset, int(i)) for i in results["index"]]
+    write_predictions_csv(out_dir / "predictions.csv", results, class_names, paths)
+    acc = metrics["accuracy"]
+    title = f"{model_label} on {split_label}"
+    plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix.png",
+                          title=title, accuracy=acc)
+    plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix_normalized.png",
+                          normalize=True, title=f"{title} (row-normalised)", accuracy=acc)
+    metrics["out"] = str(out_dir)
+    return metrics
 
 
 def _model_label(model: torch.nn.Module, report: Any) -> str:
@@ -209,13 +290,6 @@ def _model_label(model: torch.nn.Module, report: Any) -> str:
         return name
     strategy = getattr(model, "strategy", None)
     return f"{type(model).__name__}({strategy})" if strategy else type(model).__name__
-
-
-def _jsonable_report(dataset) -> Any:
-    rep = getattr(dataset, "report", None)
-    if rep is None or isinstance(rep, (dict, list, str)):
-        return rep
-    return rep.to_dict(max_paths=20) if hasattr(rep, "to_dict") else str(rep)
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -248,6 +322,8 @@ def format_metrics(m: dict) -> str:
             v = m[k]
             lines.append(f"  {k:<8} RMSE {v['rmse']:.4f}  PCC {v['pcc']:.4f}  CCC {v['ccc']:.4f}  "
                          f"SAGR {v['sagr']:.4f}  ({v['num_samples']} samples)")
+    if m.get("excluded_samples"):
+        lines.append(f"  left out (classes the checkpoint does not have): {m['excluded_samples']}")
     if "out" in m:
         lines.append(f"  written to {m['out']}/ (metrics.json, predictions.csv, confusion_matrix*.png)")
     return "\n".join(lines)
@@ -256,11 +332,11 @@ def format_metrics(m: dict) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Evaluate a checkpoint (ours, If3D's FinalCheckPoints or DDAMFN's) on a dataset split.",
-        epilog="Exit status: 0 done, 2 bad options, data or checkpoint.",
+        epilog="Exit status: 0 done, 2 bad options, data, checkpoint or output folder.",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file")
     p.add_argument("--data", metavar="ROOT", help="canonical dataset root")
-    p.add_argument("--split", default="test", help="split of --data (default test)")
+    p.add_argument("--split", help="split of --data (default: test when it exists, else val)")
     p.add_argument("--photos", "--test-photos", dest="photos", metavar="DIR",
                    help="explicit photos <DIR>/<label>/<file> (instead of --data)")
     p.add_argument("--renders", "--test-renders", dest="renders", metavar="DIR", help="explicit renders")
@@ -292,6 +368,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     if (args.data is None) == (args.photos is None):
         print("error: give --data ROOT (with --split) or --photos DIR (explicit paths)", file=sys.stderr)
         return 2
+    bad = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in
+           (("batch_size", args.batch_size), ("image_size", args.image_size), ("max_samples", args.max_samples))
+           if v is not None and v < 1]
+    if args.workers < 0:
+        bad.append(f"--workers must be >= 0, got {args.workers}")
+    if bad:
+        print(f"error: {'; '.join(bad)}", file=sys.stderr)
+        return 2
     try:
         evaluate_checkpoint(
             args.checkpoint, data=args.data, split=args.split, photos=args.photos, renders=args.renders,
@@ -300,10 +384,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             tune_allocator=args.tune_allocator, image_size=args.image_size,
             skip_missing_renders=args.skip_missing_renders, max_samples=args.max_samples, seed=args.seed,
         )
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr, flush=True)
         return 2
     return 0
 
 
-__all__ = ["evaluate_checkpoint", "format_metrics", "get_args_parser", "main", "run"]
+__all__ = ["evaluate_checkpoint", "format_metrics", "get_args_parser", "label_mapping", "main", "run"]

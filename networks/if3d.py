@@ -47,7 +47,7 @@ classes and 4 heads: linear 19.21 M, attention 22.35 M, gate 72.85 M, SPP 64.99 
 Default (improved) mode differs only where If3D is defective: ``if3d_attention`` uses
 :class:`~networks.fusion.CrossAttentionFusion` over the 49 spatial tokens, and the unused
 ``Smirk_Linear`` is not built. Loss-side defects of If3D (head-diversity loss, CCC) live in
-``if3d.losses``.
+:mod:`networks.criteria`.
 """
 
 from __future__ import annotations

@@ -85,11 +85,11 @@ class TinyPhoto(nn.Module):
 
 if "tiny_fusion_test" not in list_models():
 
-    @register_model
+    @register_model(criterion="if3d")
     def tiny_fusion_test(**kwargs) -> TinyFusion:
         return TinyFusion(**kwargs)
 
-    @register_model
+    @register_model(criterion="ddamfn")
     def tiny_photo_test(**kwargs) -> TinyPhoto:
         return TinyPhoto(**kwargs)
 

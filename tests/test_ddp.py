@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from _train_helpers import TinyFusion, make_dataset
 
-from if3d.train.distributed import DistInfo, ShardedEvalSampler, cleanup_distributed, init_distributed
+from if3d.runtime.distributed import DistInfo, ShardedEvalSampler, cleanup_distributed, init_distributed
 
 WORLD = 2
 
@@ -36,7 +36,7 @@ def _set_env(rank: int, port: int) -> None:
 def _evaluate_worker(rank: int, port: int, data: str, out: str) -> None:
     _set_env(rank, port)
     from if3d.data.dataset import PairedDataset
-    from if3d.train.engine import BatchPreparer, evaluate
+    from if3d.runtime import BatchPreparer, predict
 
     info = init_distributed("cpu")
     try:
@@ -46,7 +46,7 @@ def _evaluate_worker(rank: int, port: int, data: str, out: str) -> None:
         model = TinyFusion(num_classes=7).eval()
         ds = PairedDataset(data, "val", image_size=24)
         prep = BatchPreparer(info.device, model.input_streams, False, False, 24)
-        res = evaluate(model, model.input_streams, ds, prep, batch_size=4, workers=0, amp="off", info=info)
+        res = predict(model, ds, prep, batch_size=4, workers=0, amp="off", info=info)
         np.savez(Path(out) / f"rank{rank}.npz", **res)
     finally:
         cleanup_distributed()
@@ -75,13 +75,13 @@ def test_sharded_eval_sampler_covers_each_sample_once():
 def test_gathered_evaluation_equals_single_process(data, tmp_path):
     mp.spawn(_evaluate_worker, args=(_free_port(), str(data), str(tmp_path)), nprocs=WORLD, join=True)
     from if3d.data.dataset import PairedDataset
-    from if3d.train.engine import BatchPreparer, evaluate
+    from if3d.runtime import BatchPreparer, predict
 
     torch.manual_seed(0)
     model = TinyFusion(num_classes=7).eval()
     ds = PairedDataset(data, "val", image_size=24)
     info = DistInfo(0, 1, 0, torch.device("cpu"), False)
-    single = evaluate(model, model.input_streams, ds, BatchPreparer(info.device, model.input_streams, False, False, 24),
+    single = predict(model, ds, BatchPreparer(info.device, model.input_streams, False, False, 24),
                       batch_size=4, workers=0, amp="off", info=info)
     for rank in range(WORLD):
         got = np.load(tmp_path / f"rank{rank}.npz")

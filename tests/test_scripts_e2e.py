@@ -124,7 +124,7 @@ def test_photo_only_baseline_and_final_checkpoint(fer_root, tmp_path):
              "--final-checkpoint", str(final)))
     assert (final / "DDAMFN.pth").is_file()
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["config"]["preset"] == "ddamfn"
+    assert cfg["config"]["recipe"]["preset"] == "ddamfn"
     assert cfg["run"]["input_streams"] == ["photo"]
     out = tmp_path / "test_ddamfn"
     _ok(_run("affectnet_fusion_test.py", "--checkpoint", str(final / "DDAMFN.pth"), "--data", str(fer_root),

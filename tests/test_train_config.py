@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import networks
+from if3d.runtime.device import FAST_PATH_DEFAULTS, RuntimeConfig, resolve_amp, resolve_runtime
 from if3d.train.cli import config_from_args
-from if3d.train.config import (
-    FAST_PATH_DEFAULTS,
-    PRESETS,
-    STRATEGY_MODELS,
-    TrainConfig,
-    config_from_preset,
-    resolve_amp,
-)
+from if3d.train.config import PRESETS, ConfigError, TrainConfig, config_from_preset
 from if3d.train.engine import build_optimizer, build_scheduler
 
 
@@ -26,20 +21,31 @@ def test_presets_hold_the_original_recipes():
         "adam", 1e-4, 0.0, "exponential", 0.6, 40)
     for r in (if3d, ddamfn):
         assert r.balanced_sampling
-        assert (r.loss.attention, r.loss.alignment) == (0.1, 0.1)
+        assert r.criterion_weights() == {}  # the loss weights are the model's criterion's
+    assert networks.create_criterion("if3d_gate").weights == {"ce": 1.0, "attention": 0.1, "alignment": 0.1, "va": 1.0}
+    assert networks.create_criterion("ddamfn").weights == {"ce": 1.0, "attention": 0.1}
 
 
 def test_cli_resolves_preset_per_model_and_overrides(tmp_path):
     cfg = config_from_args(["--data", str(tmp_path)], "if3d_gate")
-    assert (cfg.model, cfg.preset, cfg.optimizer, cfg.batch_size, cfg.epochs) == ("if3d_gate", "if3d", "adamw", 128, 100)
-    assert cfg.out.endswith("if3d_gate")
+    r = cfg.recipe
+    assert (cfg.model.model, r.preset, r.optimizer, r.batch_size, r.epochs) == ("if3d_gate", "if3d", "adamw", 128, 100)
+    assert cfg.run.out.endswith("if3d_gate")
     base = config_from_args(["--data", str(tmp_path), "--model", "ddamfn", "--lr", "3e-4", "--amp", "bf16",
                              "--fused-optimizer", "--no-channels-last"], "if3d_linear")
-    assert (base.model, base.preset, base.optimizer, base.scheduler, base.lr) == (
-        "ddamfn", "ddamfn", "adam", "exponential", 3e-4)
-    assert (base.amp, base.optimizer_impl, base.channels_last, base.compile) == ("bf16", "fused", False, None)
-    bare = config_from_args(["--data", str(tmp_path), "--amp"], "if3d_spp")
-    assert bare.amp == "auto"
+    r = base.recipe
+    assert (base.model.model, r.preset, r.optimizer, r.scheduler, r.lr) == ("ddamfn", "ddamfn", "adam", "exponential", 3e-4)
+    rt = base.runtime
+    assert (rt.amp, rt.optimizer_impl, rt.channels_last, rt.compile) == ("bf16", "fused", False, None)
+    bare = config_from_args(["--data", str(tmp_path), "--amp", "--final-checkpoint"], "if3d_spp")
+    assert bare.runtime.amp == "auto"
+    assert bare.run.final_checkpoint == "FinalCheckPoints"
+    given = config_from_args(["--data", str(tmp_path), "--final-checkpoint", "F", "--loss-attention", "0.05",
+                              "--loss-weights", "ce", "2", "--preset", "ddamfn"], "if3d_spp")
+    assert given.run.final_checkpoint == "F"
+    assert given.recipe.criterion_weights() == {"attention": 0.05, "ce": 2.0}
+    assert given.recipe.preset == "ddamfn"
+    assert given.recipe.optimizer == "adam"  # the preset named on the command line, whatever the model
 
 
 def test_cli_rejects_missing_or_conflicting_data(tmp_path, capsys):
@@ -52,12 +58,34 @@ def test_cli_rejects_missing_or_conflicting_data(tmp_path, capsys):
         config_from_args(["--train-photos", str(tmp_path)], "if3d_linear")
 
 
-def test_strategy_scripts_map_to_registered_models():
-    import networks.ddamfn  # noqa: F401 - registers ddamfn
-    import networks.if3d  # noqa: F401 - registers the If3D models
-    from networks import list_models
+def test_bad_option_values_are_refused_up_front(tmp_path, capsys):
+    for argv, message in ((["--epochs", "0"], "--epochs must be a positive whole number, got 0"),
+                          (["--batch-size", "-1"], "--batch-size must be a positive whole number"),
+                          (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
+                          (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N, got 'foo'"),
+                          (["--workers", "-2"], "--workers must be >= 0"),
+                          (["--model", "nope"], "unknown model 'nope'; registered models: ddamfn")):
+        with pytest.raises(SystemExit) as info:
+            config_from_args(["--data", str(tmp_path), *argv], "if3d_gate")
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert err.count("\n") == 1  # one line, no traceback
+    with pytest.raises(ConfigError, match="--epochs must be"):
+        config_from_preset("if3d", epochs=-1, data="x").validate()
 
-    assert set(STRATEGY_MODELS.values()) <= set(list_models())
+
+def test_strategy_scripts_train_registered_models():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = sorted(root.glob("affectnet_*_fusion_train.py"))
+    assert len(scripts) == 4
+    for script in scripts:
+        model = re.search(r'default_model="(\w+)"', script.read_text()).group(1)
+        assert model in networks.list_models(), script.name
+        assert networks.model_info(model).criterion == "if3d"
 
 
 def _lrs(cfg: TrainConfig, steps_per_epoch: int, n: int) -> list[float]:
@@ -98,23 +126,21 @@ def test_fast_path_defaults_live_in_one_table_and_resolve():
 
 
 def test_cpu_default_is_the_measured_fast_path_and_each_switch_overrides_it():
-    from if3d.train.engine import resolve_runtime
-
     cpu = torch.device("cpu")
-    d = resolve_runtime(TrainConfig(), cpu)
+    d = resolve_runtime(RuntimeConfig(), cpu)
     # benchmarks/RESULTS.md: fp32 with NHWC, fused AdamW and the allocator tuning beats bf16 on CPU
     assert (d.amp, d.channels_last, d.optimizer_impl, d.compile, d.tune_allocator) == ("off", True, "fused", "auto", True)
     assert d.workers == 0  # loading in the training process: workers would compete with the compute threads
     o = resolve_runtime(config_from_args(["--data", "x", "--no-channels-last", "--foreach", "--no-tune-allocator",
-                                          "--amp", "bf16"], "if3d_gate"), cpu)
+                                          "--amp", "bf16"], "if3d_gate").runtime, cpu)
     assert (o.amp, o.channels_last, o.optimizer_impl, o.tune_allocator) == ("bf16", False, "foreach", False)
     # the allocator switch is a CPU-process setting; a CUDA run never asks for it
-    assert resolve_runtime(TrainConfig(tune_allocator=True), torch.device("cuda")).tune_allocator is False
+    assert resolve_runtime(RuntimeConfig(tune_allocator=True), torch.device("cuda")).tune_allocator is False
 
 
 def test_compile_auto_compiles_only_runs_long_enough_to_repay_it(monkeypatch):
-    from if3d.train import config as config_mod
-    from if3d.train.config import COMPILE_AUTO_MIN_STEPS, resolve_compile
+    from if3d.runtime import device as config_mod
+    from if3d.runtime.device import COMPILE_AUTO_MIN_STEPS, resolve_compile
 
     monkeypatch.setattr(config_mod, "find_cxx", lambda: "/usr/bin/g++")
     assert resolve_compile("auto", "cpu", COMPILE_AUTO_MIN_STEPS) == (
@@ -140,14 +166,14 @@ import sys
 sys.path.insert(0, {root!r})
 import torch
 from torch.utils.data import TensorDataset
-from if3d.train.allocator import tune_glibc_malloc
-from if3d.train.engine import _loader
+from if3d.runtime.allocator import tune_glibc_malloc
+from if3d.runtime.loaders import make_loader
 if {tune}:
     assert tune_glibc_malloc()
 def rss_mib():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * 4096 / 2**20
-loader = _loader(TensorDataset(torch.arange(8.0)), list(range(8)), 4, 1, False, False)
+loader = make_loader(TensorDataset(torch.arange(8.0)), list(range(8)), 4, 1, False, False)
 assert sum(len(b[0]) for b in loader) == 8  # a first epoch: everything a worker start needs is loaded
 base = rss_mib()
 x = torch.ones(64 * 2**20)  # 256 MiB, touched
@@ -180,9 +206,24 @@ def test_allocator_tuning_keeps_freed_activations_for_reuse_and_releases_them_be
 
 def test_config_round_trips_through_a_dict():
     cfg = config_from_preset("ddamfn", model="ddamfn", data="x", epochs=3)
-    again = TrainConfig.from_dict({**cfg.to_dict(), "a_future_field": 1})
-    assert again == cfg
+    d = cfg.to_dict()
+    assert list(d) == ["model", "data", "recipe", "runtime", "run"]
+    assert TrainConfig.from_dict({**d, "a_future_section": {}, "recipe": {**d["recipe"], "a_future_field": 1}}) == cfg
     with pytest.raises(KeyError, match="unknown preset"):
         config_from_preset("nope")
-    with pytest.raises(TypeError, match="unknown TrainConfig fields"):
+    with pytest.raises(TypeError, match="unknown training setting 'learning_rate'"):
         config_from_preset("if3d", learning_rate=1)
+
+
+def test_a_flat_configuration_of_earlier_versions_still_resumes_and_garbage_is_refused():
+    flat = {"model": "if3d_gate", "preset": "if3d", "data": "D", "train_split": "train", "val_split": "val",
+            "epochs": 5, "batch_size": 16, "lr": 5e-5, "cyclic_max_lr": 1e-3, "loss_attention": 0.1,
+            "loss_alignment": 0.1, "loss_va": 1.0, "amp": "off", "channels_last": True, "optimizer_impl": "fused",
+            "compile": False, "tune_allocator": True, "workers": 0, "seed": 3, "out": "runs/g", "_world_size": 1}
+    cfg = TrainConfig.from_dict(flat)
+    assert (cfg.model.model, cfg.data.data, cfg.recipe.epochs, cfg.recipe.cyclic_max_lr, cfg.run.seed) == (
+        "if3d_gate", "D", 5, 1e-3, 3)
+    assert cfg.recipe.criterion_weights() == {}  # the stored weights were the criterion's defaults
+    assert cfg.runtime.compile is False
+    with pytest.raises(ConfigError, match="not a training configuration"):
+        TrainConfig.from_dict({"lr": 1})

@@ -53,9 +53,11 @@ def test_run_directory_contents(data, tmp_path):
     out = tmp_path / "run"
     assert run(_args(data, out)) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["config"]["model"] == "tiny_fusion_test"
-    assert cfg["config"]["val_split"] == "val"  # resolved, not left to a default
-    assert cfg["config"]["amp"] in ("off", "bf16")  # fast paths resolved for the device
+    assert cfg["config"]["model"]["model"] == "tiny_fusion_test"
+    assert cfg["config"]["data"]["val_split"] == "val"  # resolved, not left to a default
+    assert cfg["config"]["runtime"]["amp"] in ("off", "bf16")  # fast paths resolved for the device
+    assert cfg["run"]["criterion"] == {"name": "if3d", "weights": {"ce": 1.0, "attention": 0.1, "alignment": 0.1,
+                                                                  "va": 1.0}}
     assert cfg["run"]["git"]["commit"]
     assert cfg["run"]["versions"]["torch"] == torch.__version__.split("+")[0]
     assert cfg["run"]["num_train_samples"] == 28
@@ -63,10 +65,16 @@ def test_run_directory_contents(data, tmp_path):
     assert cfg["run"]["steps_per_epoch"] == 3
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "step", "lr", "lr_mean", "lr_max", "train_loss", "train_ce", "train_attention",
+                             "train_alignment", "train_va", "train_accuracy", "val_accuracy", "val_balanced_accuracy",
+                             "val_f1_macro", "images_per_s", "epoch_time_s"]  # one column per criterion term
     for col in ("train_loss", "train_ce", "train_attention", "train_alignment", "train_va", "val_accuracy",
-                "val_balanced_accuracy", "val_f1_macro", "lr", "images_per_s"):
+                "val_balanced_accuracy", "val_f1_macro", "lr", "lr_mean", "lr_max", "images_per_s"):
         assert all(r[col] != "" for r in rows), col
     assert float(rows[0]["train_va"]) > 0  # half of the photos have valence/arousal
+    # the cyclic schedule's peak and mean over the steps of the epoch (1e-6, 1e-4, 1e-6), not one end point
+    assert float(rows[0]["lr_max"]) == pytest.approx(1e-4)
+    assert float(rows[0]["lr_mean"]) == pytest.approx((2e-6 + 1e-4) / 3)
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     for name in ("last.pth", "best.pth"):
         ck = torch.load(out / name, weights_only=True)
@@ -74,6 +82,8 @@ def test_run_directory_contents(data, tmp_path):
         assert ck["model_name"] == "tiny_fusion_test"
         assert ck["class_names"] == CLASS_NAMES_7
         assert set(ck["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert torch.load(out / "last.pth", weights_only=True)["optimizer"]  # resumable
+    assert torch.load(out / "best.pth", weights_only=True)["optimizer"] is None  # weights only
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 2
     for png in ("confusion_matrix_best.png", "confusion_matrix_best_normalized.png"):
         with Image.open(out / png) as im:
@@ -180,7 +190,7 @@ def test_photo_only_baseline_sees_the_fusion_samples(tmp_path, capsys):
 def test_fast_paths_are_switchable(data, tmp_path, flags, expected):
     out = tmp_path / "run"
     assert run(_args(data, out, *flags, epochs=1)) == 0
-    cfg = json.loads((out / "config.json").read_text())["config"]
+    cfg = json.loads((out / "config.json").read_text())["config"]["runtime"]
     assert (cfg["amp"], cfg["channels_last"], cfg["optimizer_impl"]) == expected
     ck = torch.load(out / "last.pth", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
@@ -189,7 +199,7 @@ def test_fast_paths_are_switchable(data, tmp_path, flags, expected):
 def _can_compile_on_cpu() -> bool:
     import sysconfig
 
-    from if3d.train.config import find_cxx
+    from if3d.runtime.device import find_cxx
 
     return find_cxx() is not None and Path(sysconfig.get_paths()["include"], "Python.h").exists()
 
@@ -215,7 +225,7 @@ def test_default_short_run_is_not_compiled(data, tmp_path):
     out = tmp_path / "run"
     assert run(_args(data, out, epochs=1)) == 0
     info = json.loads((out / "config.json").read_text())
-    assert info["config"]["compile"] is False
+    assert info["config"]["runtime"]["compile"] is False
     assert info["run"]["compile"].startswith("auto: off")
     assert "too few" in info["run"]["compile"]
 

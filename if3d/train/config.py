@@ -1,5 +1,11 @@
-"""Training configuration as data: the recipe presets, per-device fast-path defaults, and the
-fully resolved :class:`TrainConfig` the engine runs (and writes to ``config.json``).
+"""Training configuration as data: the recipe presets and the nested :class:`TrainConfig` the engine
+runs (and writes to ``config.json`` and every checkpoint).
+
+A configuration has five sections, each a dataclass: ``model`` (:class:`ModelConfig`), ``data``
+(:class:`~if3d.data.source.DataConfig`), ``recipe`` (:class:`Recipe`), ``runtime``
+(:class:`~if3d.runtime.device.RuntimeConfig`) and ``run`` (:class:`RunConfig`). The command line
+(:mod:`if3d.train.cli`) is generated from these dataclasses; field names are unique across sections,
+so every option is ``--<field-name>``.
 
 Presets (facts from the original training scripts):
 
@@ -13,88 +19,262 @@ Presets (facts from the original training scripts):
   ``ExponentialLR(gamma=0.6)`` stepped once per epoch, batch 256, class-balanced sampling,
   40 epochs.
 
-Both use the loss ``CE + 0.1·attention (per stream) + 0.1·alignment + VA`` (:mod:`if3d.losses`).
+Loss weights are the criterion's (``networks.criteria``: CE + 0.1·attention per stream + 0.1·alignment
++ VA for If3D, CE + 0.1·attention for DDAMFN) unless a preset or an option changes them.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import torch
+from if3d.cli_types import OptionalValue
+from if3d.data.source import DataConfig
+from if3d.runtime.device import RuntimeConfig
 
-from if3d.losses import LossWeights
+__all__ = [
+    "DEFAULT_PRESET",
+    "PRESETS",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "Recipe",
+    "RunConfig",
+    "RuntimeConfig",
+    "TrainConfig",
+    "config_from_preset",
+]
 
-# ----------------------------------------------------------------------------- strategies
-
-#: Training-script strategy name → registered model name (``networks.create_model``).
-STRATEGY_MODELS: dict[str, str] = {
-    "linear": "if3d_linear",
-    "attention": "if3d_attention",
-    "gate": "if3d_gate",
-    "spp": "if3d_spp",
-    "ddamfn": "ddamfn",
-}
-
-#: Registered model name → file name of its final checkpoint in ``FinalCheckPoints/`` (If3D's names).
-FINAL_CHECKPOINT_NAMES: dict[str, str] = {
-    "if3d_linear": "LinearFusion.pth",
-    "if3d_attention": "AttentionFusion.pth",
-    "if3d_gate": "GateFusion.pth",
-    "if3d_spp": "SPPFusion.pth",
-    "ddamfn": "DDAMFN.pth",
-}
-
-#: The preset each model uses when ``--preset`` is not given.
-DEFAULT_PRESET_FOR_MODEL: dict[str, str] = {"ddamfn": "ddamfn"}
 DEFAULT_PRESET = "if3d"
 
 
-# ----------------------------------------------------------------------------- recipes
+class ConfigError(ValueError):
+    """A configuration that cannot run (bad values, a saved configuration that cannot be read)."""
 
 
-@dataclass(frozen=True)
+@dataclass
+class ModelConfig:
+    """The model of a run."""
+
+    model: str = "if3d_linear"
+    """registered model (networks.list_models())"""
+    num_classes: int | None = None
+    """classes of the model (default: the dataset's classes)"""
+    num_heads: int | None = None
+    """DDA heads (default: the model's; DDAMFN 2, If3D 4)"""
+    faithful: bool = False
+    """If3D models: reproduce the original If3D fusion exactly"""
+    backbone: str | None = None
+    """registered backbone of the model (networks.list_backbones(); default: the model's, MixedFeatureNet)"""
+    pretrained: str | None = None
+    """initial weights: pretrained/MFN_msceleb.pth (into every backbone) or any supported checkpoint"""
+
+    def builder_kwargs(self, num_classes: int) -> dict[str, Any]:
+        """Keyword arguments of ``networks.create_model(self.model, ...)`` for ``num_classes`` classes."""
+        kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
+        if self.num_heads is not None:
+            kwargs["num_heads"] = int(self.num_heads)
+        if self.faithful:
+            kwargs["faithful"] = True
+        if self.backbone is not None:
+            kwargs["backbone"] = self.backbone
+        return kwargs
+
+
+@dataclass
 class Recipe:
-    """An optimisation recipe (a named preset).
+    """An optimisation recipe; a named preset is one of these (:data:`PRESETS`)."""
 
-    Attributes:
-        name: preset name.
-        optimizer: ``"adamw"`` or ``"adam"``.
-        lr: the optimizer's learning rate (with ``scheduler="cyclic"`` only nominal: the rate
-            follows the cycle between ``cyclic_base_lr`` and ``cyclic_max_lr``).
-        weight_decay: optimizer weight decay.
-        scheduler: ``"cyclic"`` (stepped per iteration), ``"exponential"`` (per epoch) or ``"none"``.
-        cyclic_base_lr, cyclic_max_lr: CyclicLR bounds.
-        cyclic_mode: CyclicLR mode (``"triangular"``, ``"triangular2"``, ``"exp_range"``).
-        cyclic_step_size_up: iterations of the rising half-cycle; ``None`` = half an epoch
-            (``steps_per_epoch // 2``, at least 1), as in If3D.
-        exp_gamma: ExponentialLR decay per epoch.
-        batch_size: global batch size (split evenly over DDP ranks).
-        epochs: training epochs.
-        balanced_sampling: class-balanced sampling of the training split.
-        loss: loss term weights.
-    """
-
-    name: str
-    optimizer: str
-    lr: float
-    weight_decay: float
-    scheduler: str
-    batch_size: int
-    epochs: int
-    balanced_sampling: bool = True
+    preset: str = DEFAULT_PRESET
+    """recipe preset whose values the other recipe options override"""
+    epochs: int = 100
+    """training epochs"""
+    batch_size: int = 128
+    """global batch size (split evenly over DDP ranks)"""
+    lr: float = 5e-5
+    """optimizer learning rate (nominal under the cyclic schedule)"""
+    weight_decay: float = 0.01
+    """optimizer weight decay"""
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    """optimizer"""
+    scheduler: Literal["cyclic", "exponential", "none"] = "cyclic"
+    """learning-rate schedule: cyclic (stepped per iteration), exponential (per epoch) or none"""
     cyclic_base_lr: float = 1e-6
+    """cyclic schedule: lowest learning rate"""
     cyclic_max_lr: float = 1e-4
-    cyclic_mode: str = "triangular"
+    """cyclic schedule: highest learning rate"""
+    cyclic_mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
+    """cyclic schedule: CyclicLR mode"""
     cyclic_step_size_up: int | None = None
+    """cyclic schedule: rising iterations (default half an epoch, as If3D)"""
     exp_gamma: float = 0.6
-    loss: LossWeights = field(default_factory=LossWeights)
+    """exponential schedule: decay per epoch"""
+    balanced_sampling: bool = True
+    """class-balanced sampling of the training split"""
+    loss_attention: float | None = None
+    """weight of the attention loss per stream (default: the criterion's, 0.1)"""
+    loss_alignment: float | None = None
+    """weight of the photo/render alignment MSE (If3D models; default 0.1)"""
+    loss_va: float | None = None
+    """weight of the valence/arousal loss (If3D models; 0 disables; default 1)"""
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    """weights of any criterion term by name, e.g. --loss-weights ce 1 attention 0.05"""
+
+    def criterion_weights(self) -> dict[str, float]:
+        """Term name → weight, for the options given (the criterion's defaults fill the rest)."""
+        named = {"attention": self.loss_attention, "alignment": self.loss_alignment, "va": self.loss_va}
+        return {**{k: v for k, v in named.items() if v is not None}, **self.loss_weights}
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives and how it starts and ends."""
+
+    seed: int = 0
+    """random seed"""
+    out: str = "runs/run"
+    """run directory (default runs/<model>)"""
+    resume: str | None = None
+    """continue from last.pth (or a run directory)"""
+    final_checkpoint: Annotated[str | None, OptionalValue("FinalCheckPoints")] = None
+    """copy best.pth to DIR/<Strategy>.pth at the end (bare flag: FinalCheckPoints)"""
+    interrupt_after_steps: int | None = None
+    """(testing) behave as if Ctrl-C came after N optimizer steps"""
+
+
+#: Section name → dataclass, in the order of ``config.json``.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "recipe": Recipe,
+    "runtime": RuntimeConfig,
+    "run": RunConfig,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run, by section (see the module docstring)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    recipe: Recipe = field(default_factory=Recipe)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{section: {field: value}}`` (JSON-able)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict`, or from the flat ``{field: value}`` dict of earlier versions.
+
+        Unknown keys (from a newer version) are ignored.
+
+        Raises:
+            ConfigError: ``d`` is neither form.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"a saved training configuration must be a dict, got {type(d).__name__}")
+        if any(isinstance(d.get(name), dict) for name in SECTIONS):
+            sections = {}
+            for name, section_cls in SECTIONS.items():
+                values = d.get(name) or {}
+                names = {f.name for f in fields(section_cls)}
+                sections[name] = section_cls(**{k: v for k, v in values.items() if k in names})
+            return cls(**sections)
+        return cls._from_flat(d)
+
+    @classmethod
+    def _from_flat(cls, d: dict[str, Any]) -> TrainConfig:
+        flat = dict(d)
+        if "model" not in flat or "preset" not in flat:
+            raise ConfigError("not a training configuration: no 'model' and 'preset' settings (nested "
+                              f"sections {', '.join(SECTIONS)} or the flat form of earlier versions)")
+        # earlier versions stored the criterion weights of every run; they are the criteria's defaults
+        for key, default in (("loss_attention", 0.1), ("loss_alignment", 0.1), ("loss_va", 1.0)):
+            if flat.get(key) == default:
+                flat[key] = None
+        if flat.get("compile") == "auto":
+            flat["compile"] = None
+        return cls(**{name: section_cls(**{f.name: flat[f.name] for f in fields(section_cls) if f.name in flat})
+                      for name, section_cls in SECTIONS.items()})
+
+    def problems(self) -> list[str]:
+        """What makes this configuration unable to run, one sentence per problem (empty when none).
+
+        Checked before anything is read or written, so a bad option costs nothing.
+        """
+        import math
+
+        out: list[str] = []
+        r, d, rt = self.recipe, self.data, self.runtime
+        positive = {"--epochs": r.epochs, "--batch-size": r.batch_size, "--image-size": d.image_size,
+                    "--max-train-samples": d.max_train_samples, "--max-val-samples": d.max_val_samples,
+                    "--num-classes": self.model.num_classes, "--num-heads": self.model.num_heads,
+                    "--cyclic-step-size-up": r.cyclic_step_size_up,
+                    "--interrupt-after-steps": self.run.interrupt_after_steps}
+        out += [f"{opt} must be a positive whole number, got {v}" for opt, v in positive.items()
+                if v is not None and v < 1]
+        rates = {"--lr": r.lr, "--cyclic-base-lr": r.cyclic_base_lr, "--cyclic-max-lr": r.cyclic_max_lr,
+                 "--weight-decay": r.weight_decay}
+        out += [f"{opt} must be a finite number >= 0, got {v}" for opt, v in rates.items()
+                if not (math.isfinite(v) and v >= 0)]
+        if not (math.isfinite(r.exp_gamma) and r.exp_gamma > 0):
+            out.append(f"--exp-gamma must be a finite number > 0, got {r.exp_gamma}")
+        for name, w in r.criterion_weights().items():
+            if not (math.isfinite(w) and w >= 0):
+                out.append(f"the weight of the loss term {name!r} must be a finite number >= 0, got {w}")
+        if rt.workers is not None and rt.workers < 0:
+            out.append(f"--workers must be >= 0, got {rt.workers}")
+        device = rt.device
+        if device != "auto":
+            try:
+                import torch
+
+                if torch.device(device).type not in ("cpu", "cuda"):
+                    raise RuntimeError
+            except (RuntimeError, ValueError):
+                out.append(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        return out
+
+    def validate(self) -> TrainConfig:
+        """Return ``self`` when it can run.
+
+        Raises:
+            ConfigError: naming every problem (:meth:`problems`).
+        """
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """``{field: value}`` over all sections (field names are unique across sections)."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with fields changed by name, whatever their section (``cfg.replace(epochs=3, seed=1)``).
+
+        Raises:
+            TypeError: an unknown field name.
+        """
+        by_section: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            section = _SECTION_OF.get(key)
+            if section is None:
+                raise TypeError(f"unknown training setting {key!r}")
+            by_section.setdefault(section, {})[key] = value
+        return replace(self, **{s: replace(getattr(self, s), **v) for s, v in by_section.items()})
+
+
+_SECTION_OF: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in fields(cls)}
 
 
 PRESETS: dict[str, Recipe] = {
     "if3d": Recipe(
-        name="if3d",
+        preset="if3d",
         optimizer="adamw",
         lr=5e-5,
         weight_decay=0.01,
@@ -106,7 +286,7 @@ PRESETS: dict[str, Recipe] = {
         cyclic_mode="triangular",
     ),
     "ddamfn": Recipe(
-        name="ddamfn",
+        preset="ddamfn",
         optimizer="adam",
         lr=1e-4,
         weight_decay=0.0,
@@ -118,205 +298,10 @@ PRESETS: dict[str, Recipe] = {
 }
 
 
-# ----------------------------------------------------------------------------- fast paths
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """Speed switches of the engine (issue 7 item 3); each can be overridden on the command line.
-
-    Attributes:
-        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` autocast (fp16 adds a GradScaler; CUDA only).
-        channels_last: NHWC memory format for model and inputs.
-        optimizer_impl: ``"fused"``, ``"foreach"`` or ``"default"`` (the optimizer's own choice).
-        compile: wrap the model in ``torch.compile``; ``"auto"``: only for runs long enough to repay
-            the compilation, when a C++ compiler is present (:func:`resolve_compile`).
-        tune_allocator: keep freed memory in glibc's heap instead of unmapping it on every free
-            (:func:`if3d.train.allocator.tune_glibc_malloc`; CPU only, Linux/glibc only).
-    """
-
-    amp: str = "off"
-    channels_last: bool = False
-    optimizer_impl: str = "default"
-    compile: bool | str = False
-    tune_allocator: bool = False
-
-
-#: THE place to change the per-device defaults; ``benchmarks/RESULTS.md`` records why they are what
-#: they are. ``amp="auto"`` on CUDA means bf16 where the GPU supports it, else fp16. On the CPU the
-#: default stays fp32 (bf16 autocast trains slower than fp32 on AVX512-BF16 CPUs without AMX: oneDNN's
-#: bf16 depthwise weight gradients are slower there) and gains its speed from the NHWC depthwise kernels,
-#: the fused AdamW step and the allocator tuning (≈ 1.5× over fp32 eager), and from torch.compile
-#: (≈ 2×) in runs long enough to repay its minutes of compilation. On CUDA compile stays opt-in (not
-#: measured on a GPU yet).
-FAST_PATH_DEFAULTS: dict[str, FastPath] = {
-    "cuda": FastPath(amp="auto", channels_last=True, optimizer_impl="fused", compile=False, tune_allocator=False),
-    "cpu": FastPath(amp="off", channels_last=True, optimizer_impl="fused", compile="auto", tune_allocator=True),
-}
-
-#: ``compile="auto"`` compiles a CPU run with at least this many optimizer steps still to do. Compiling a
-#: fusion model costs ≈ 2 min (training graph) + ≈ 40 s (evaluation graph) on a 2-core CPU and saves
-#: ≈ 1.4 s per 64-pair step (gate: 4.9 → 3.5 s), so it pays for itself after ≈ 120 steps of 64 pairs or
-#: ≈ 60 steps at the If3D batch of 128; 300 leaves a wide margin (benchmarks/RESULTS.md).
-COMPILE_AUTO_MIN_STEPS = 300
-
-
-def find_cxx() -> str | None:
-    """The C++ compiler torch.compile's CPU backend (Inductor) would use: ``$CXX``, else g++/c++/clang++."""
-    import shutil
-
-    found = (shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++", "clang++") if name)
-    return next((path for path in found if path), None)
-
-
-def resolve_compile(compile: bool | str | None, device_type: str, remaining_steps: int) -> tuple[bool, str]:
-    """Decide whether a run is compiled, and say why (the reason goes to the log and ``config.json``).
-
-    Args:
-        compile: True / False (the user's choice, kept), ``"auto"`` or None (the device default).
-        device_type: ``"cpu"`` or ``"cuda"``.
-        remaining_steps: optimizer steps the run still has to do (on this rank).
-
-    Returns:
-        ``(compile, reason)``.
-
-    Raises:
-        ValueError: a value other than a bool, ``"auto"`` or None.
-    """
-    if compile is None:
-        compile = FAST_PATH_DEFAULTS["cuda" if device_type == "cuda" else "cpu"].compile
-    if isinstance(compile, bool):
-        return compile, "on (asked for)" if compile else "off"
-    if compile != "auto":
-        raise ValueError(f"compile must be true, false or 'auto', got {compile!r}")
-    if device_type == "cuda":
-        return False, "auto: off on CUDA (pass --compile to use it)"
-    if remaining_steps < COMPILE_AUTO_MIN_STEPS:
-        return False, (f"auto: off, {remaining_steps} optimizer steps are too few to repay the compilation "
-                       f"(≥ {COMPILE_AUTO_MIN_STEPS}; --compile forces it)")
-    cxx = find_cxx()
-    if cxx is None:
-        return False, "auto: off, no C++ compiler found for torch.compile's CPU backend (install g++)"
-    return True, f"auto: on, {remaining_steps} optimizer steps ≥ {COMPILE_AUTO_MIN_STEPS} and {cxx} found"
-
-AMP_CHOICES = ("off", "bf16", "fp16", "auto")
-OPTIMIZER_IMPL_CHOICES = ("default", "foreach", "fused")
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), per ``/proc/cpuinfo``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_amp(amp: str, device_type: str) -> str:
-    """Turn ``"auto"`` into a concrete autocast mode for the device and check the choice.
-
-    ``auto``: bf16 on CUDA GPUs that support it, fp16 on older CUDA GPUs, bf16 on CPUs with
-    native bf16, off otherwise.
-
-    Raises:
-        ValueError: unknown mode, or fp16 requested on a CPU.
-    """
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
-    if amp == "auto":
-        if device_type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_supports_bf16() else "off"
-    if amp == "fp16" and device_type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device (use bf16 or off on CPU)")
-    return amp
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of one training run, fully resolved (no ``None`` meaning "preset default"
-    except where documented). Written to ``<out>/config.json`` and into every checkpoint.
-
-    Data: either ``data`` (canonical layout root, with ``train_split``/``val_split``) or the
-    explicit If3D-style paths ``train_photos``, ``train_renders``, ``train_annotations``,
-    ``val_photos``, ``val_renders``, ``val_annotations``.
-    """
-
-    model: str = "if3d_linear"
-    preset: str = DEFAULT_PRESET
-    # data
-    data: str | None = None
-    train_split: str = "train"
-    val_split: str | None = None
-    train_photos: str | None = None
-    train_renders: str | None = None
-    train_annotations: str | None = None
-    val_photos: str | None = None
-    val_renders: str | None = None
-    val_annotations: str | None = None
-    image_size: int = 112
-    skip_missing_renders: bool = False
-    max_train_samples: int | None = None
-    max_val_samples: int | None = None
-    cache: str = "auto"
-    augment: bool = True
-    # model
-    num_classes: int | None = None
-    num_heads: int | None = None
-    faithful: bool = False
-    pretrained: str | None = None
-    # recipe
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"
-    scheduler: str = "cyclic"
-    cyclic_base_lr: float = 1e-6
-    cyclic_max_lr: float = 1e-4
-    cyclic_mode: str = "triangular"
-    cyclic_step_size_up: int | None = None
-    exp_gamma: float = 0.6
-    balanced_sampling: bool = True
-    loss_attention: float = 0.1
-    loss_alignment: float = 0.1
-    loss_va: float = 1.0
-    # hardware and fast paths
-    device: str = "auto"
-    amp: str | None = None  # None: FAST_PATH_DEFAULTS of the device
-    channels_last: bool | None = None
-    optimizer_impl: str | None = None
-    compile: bool | str | None = None  # None: the device default; "auto": see resolve_compile
-    tune_allocator: bool | None = None
-    workers: int | None = None  # None: 0 on CPU, min(4, CPUs) on CUDA (see resolve_runtime)
-    # run
-    seed: int = 0
-    out: str = "runs/run"
-    resume: str | None = None
-    final_checkpoint: str | None = None
-    interrupt_after_steps: int | None = None
-
-    def loss_weights(self) -> LossWeights:
-        return LossWeights(attention=self.loss_attention, alignment=self.loss_alignment, va=self.loss_va)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Rebuild from :meth:`to_dict` output (unknown keys, e.g. from a newer version, are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
 def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
-    """A :class:`TrainConfig` with the recipe of ``preset`` and the given overrides.
+    """A :class:`TrainConfig` with the recipe of ``preset`` and the given overrides (any field, by name).
 
-    Overrides whose value is ``None`` are ignored (they mean "preset default").
+    Overrides whose value is ``None`` are ignored (they mean "the default").
 
     Raises:
         KeyError: unknown preset (the message lists the presets).
@@ -324,27 +309,5 @@ def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
     """
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    r = PRESETS[preset]
-    cfg = TrainConfig(
-        preset=preset,
-        epochs=r.epochs,
-        batch_size=r.batch_size,
-        lr=r.lr,
-        weight_decay=r.weight_decay,
-        optimizer=r.optimizer,
-        scheduler=r.scheduler,
-        cyclic_base_lr=r.cyclic_base_lr,
-        cyclic_max_lr=r.cyclic_max_lr,
-        cyclic_mode=r.cyclic_mode,
-        cyclic_step_size_up=r.cyclic_step_size_up,
-        exp_gamma=r.exp_gamma,
-        balanced_sampling=r.balanced_sampling,
-        loss_attention=r.loss.attention,
-        loss_alignment=r.loss.alignment,
-        loss_va=r.loss.va,
-    )
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TypeError(f"unknown TrainConfig fields: {', '.join(unknown)}")
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(recipe=replace(PRESETS[preset]))
+    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,4 +1,4 @@
-"""Process-wide CPU allocator tuning for training and evaluation (issue 7, fast paths).
+"""Process-wide CPU allocator tuning for training and evaluation (a fast path).
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
 gives it back with ``munmap`` on free. A CPU training step of the fusion models allocates and frees

@@ -1,4 +1,5 @@
-"""Loss terms: correct CCC, PCC, VA masking by indexing (no NaN leaks), term weights, no VA swap."""
+"""Model-owned criteria (networks.criteria): correct CCC, PCC, VA masking by indexing (no NaN leaks), term
+weights, no VA swap, the values of the DDAMFN and If3D losses pinned, and the registry of criteria."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from if3d.losses import LossWeights, concordance_correlation, fer_loss, pearson_correlation, va_loss
+import networks
+from networks.criteria import (
+    Criterion,
+    DDAMFNCriterion,
+    If3DCriterion,
+    concordance_correlation,
+    pearson_correlation,
+    va_loss,
+)
 from networks.ddamfn import attention_loss
 from networks.outputs import DDAMFNOutput, If3DOutput
 
@@ -99,36 +108,80 @@ def _if3d_output(b=6, h=3, c=7, seed=0, valence=None, arousal=None):
     )
 
 
-def test_fer_loss_if3d_combines_terms_with_weights():
+def _batch(label, valence=None, arousal=None, has_va=None):
+    return {"label": label, "valence": valence, "arousal": arousal, "has_va": has_va}
+
+
+def test_if3d_criterion_combines_named_terms_with_weights():
     out = _if3d_output()
     label = torch.tensor([0, 1, 2, 3, 4, 5])
     v, a = torch.rand(6) * 2 - 1, torch.rand(6) * 2 - 1
     has = torch.ones(6, dtype=torch.bool)
-    terms = fer_loss(out, label, v, a, has)
+    loss = If3DCriterion()(out, _batch(label, v, a, has))
+    assert list(loss.terms) == ["ce", "attention", "alignment", "va"]
     ce = F.cross_entropy(out.logits, label)
     att = attention_loss(out.photo_heads) + attention_loss(out.render_heads)
     va, _ = va_loss(out.valence, out.arousal, v, a, has)
-    assert terms.ce.item() == pytest.approx(ce.item(), rel=1e-6)
-    assert terms.attention.item() == pytest.approx(att.item(), rel=1e-6)
-    assert terms.alignment.item() == pytest.approx(out.alignment.item(), rel=1e-6)
+    assert loss.terms["ce"].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert loss.terms["attention"].item() == pytest.approx(att.item(), rel=1e-6)
+    assert loss.terms["alignment"].item() == pytest.approx(out.alignment.item(), rel=1e-6)
     expected = ce + 0.1 * att + 0.1 * out.alignment + va
-    assert terms.total.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert terms.va_samples == 6
-    w = LossWeights(attention=0.0, alignment=0.0, va=0.0)
-    assert fer_loss(out, label, v, a, has, w).total.item() == pytest.approx(ce.item(), rel=1e-6)
+    assert loss.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    only_ce = If3DCriterion(weights={"attention": 0.0, "alignment": 0.0, "va": 0.0})(out, _batch(label, v, a, has))
+    assert only_ce.total.item() == pytest.approx(ce.item(), rel=1e-6)
+    assert only_ce.terms["va"].item() == 0.0  # a zero weight skips the term
 
 
-def test_fer_loss_ddamfn_one_stream_no_alignment_no_va():
+def test_ddamfn_criterion_one_stream_two_terms():
     g = torch.Generator().manual_seed(3)
     out = DDAMFNOutput(logits=torch.randn(5, 7, generator=g), features=torch.randn(5, 4, 2, 2, generator=g),
                        heads=torch.randn(2, 5, 4, 2, 2, generator=g))
     label = torch.arange(5)
-    terms = fer_loss(out, label, torch.zeros(5), torch.zeros(5), torch.ones(5, dtype=torch.bool))
+    loss = DDAMFNCriterion()(out, _batch(label))
+    assert list(loss.terms) == ["ce", "attention"]
     expected = F.cross_entropy(out.logits, label) + 0.1 * attention_loss(out.heads)
-    assert terms.total.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert terms.alignment.item() == 0.0
-    assert terms.va.item() == 0.0
-    assert terms.va_samples == 0
+    assert loss.total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _pinned_if3d_output():
+    g = torch.Generator().manual_seed(0)
+    pf, rf = torch.randn(6, 4, 2, 2, generator=g), torch.randn(6, 4, 2, 2, generator=g)
+    return If3DOutput(
+        logits=torch.randn(6, 7, generator=g), valence=torch.randn(6, generator=g), arousal=torch.randn(6, generator=g),
+        photo_features=pf, render_features=rf, photo_heads=torch.rand(3, 6, 4, 2, 2, generator=g),
+        render_heads=torch.rand(3, 6, 4, 2, 2, generator=g), alignment=F.mse_loss(pf, rf),
+    )
+
+
+def test_if3d_and_ddamfn_loss_values_are_pinned():
+    """The values the engine's loss had before the criteria were model-owned, on fixed tensors."""
+    out = _pinned_if3d_output()
+    v = torch.tensor([0.5, -0.2, float("nan"), 0.9, -0.7, 0.1])
+    a = torch.tensor([-0.3, 0.4, float("nan"), 0.2, 0.6, -0.8])
+    loss = networks.create_criterion("if3d_gate")(out, _batch(torch.arange(6), v, a, torch.isfinite(v)))
+    pinned = {"ce": 2.3576929569244385, "attention": 11.448807716369629, "alignment": 2.0352160930633545,
+              "va": 6.899550914764404}
+    assert {k: t.item() for k, t in loss.terms.items()} == pytest.approx(pinned, rel=1e-6)
+    assert loss.total.item() == pytest.approx(10.605646133422852, rel=1e-6)
+    g = torch.Generator().manual_seed(3)
+    photo_only = DDAMFNOutput(logits=torch.randn(5, 7, generator=g), features=torch.randn(5, 4, 2, 2, generator=g),
+                              heads=torch.rand(2, 5, 4, 2, 2, generator=g))
+    loss = networks.create_criterion("ddamfn")(photo_only, _batch(torch.arange(5)))
+    assert {k: t.item() for k, t in loss.terms.items()} == pytest.approx(
+        {"ce": 2.332223415374756, "attention": 5.481276512145996}, rel=1e-6)
+    assert loss.total.item() == pytest.approx(2.8803510665893555, rel=1e-6)
+
+
+def test_every_registered_model_declares_a_registered_criterion_and_weights_are_checked():
+    for name in networks.list_models():
+        assert networks.model_info(name).criterion in networks.list_criteria(), name
+    assert networks.model_info("ddamfn").criterion == "ddamfn"
+    assert networks.model_info("if3d_spp").criterion == "if3d"
+    with pytest.raises(ValueError, match="has no term 'alignment'; its terms are ce, attention"):
+        networks.create_criterion("ddamfn", {"alignment": 0.1})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        networks.create_criterion("if3d_gate", {"va": -1.0})
+    assert issubclass(networks.criteria.CrossEntropyCriterion, Criterion)
 
 
 def test_valence_output_is_trained_on_valence_not_arousal():
@@ -137,7 +190,8 @@ def test_valence_output_is_trained_on_valence_not_arousal():
     a = torch.linspace(0.8, -0.6, 8) ** 3
     out = _if3d_output(b=8, valence=v.clone(), arousal=a.clone())
     has = torch.ones(8, dtype=torch.bool)
-    right = fer_loss(out, torch.zeros(8, dtype=torch.long), v, a, has).va.item()
-    swapped = fer_loss(out, torch.zeros(8, dtype=torch.long), a, v, has).va.item()
+    criterion = If3DCriterion()
+    right = criterion(out, _batch(torch.zeros(8, dtype=torch.long), v, a, has)).terms["va"].item()
+    swapped = criterion(out, _batch(torch.zeros(8, dtype=torch.long), a, v, has)).terms["va"].item()
     assert right == pytest.approx(0.0, abs=1e-5)
     assert swapped > 1.0

@@ -163,3 +163,29 @@ def broadcast_object(obj, src: int = 0):
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+def all_reduce_named(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Sum named scalars over ranks in one collective (and one device sync); returns Python floats.
+
+    Args:
+        values: name → 0-d tensor (any device) or number. The order of the names must be the same on
+            every rank (it is, when every rank builds the dict the same way).
+    """
+    names = list(values)
+    device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    vec = torch.stack([v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
+                       else torch.tensor(float(v), device=device) for v in values.values()])
+    return dict(zip(names, all_reduce_sum(vec).tolist(), strict=True))
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics …) to every rank (no-op without a group).
+
+    DDP broadcasts buffers at the start of each training forward, after which every rank updates its own
+    running statistics with its own batch; so after the last training step the ranks' statistics differ.
+    Calling this before validation makes every rank evaluate the model that rank 0 saves.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buf in module.buffers():
+            dist.broadcast(buf.data, src=src)

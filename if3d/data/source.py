@@ -1,0 +1,332 @@
+"""Open the samples of one split for training or evaluation: a canonical dataset or If3D's folders.
+
+One function, :func:`open_split`, turns "where the split is" (:class:`SplitSource`) and the sample
+settings into a dataset of sample dicts (``photo`` uint8 [3,S,S], ``render`` uint8 [3,S,S] unless
+photo-only, ``label`` int64, ``valence``/``arousal`` float32 with NaN where absent, ``has_va`` bool,
+``index`` int) with ``.labels``, ``.class_names`` and ``.report``. It reads the pre-decoded cache
+(:mod:`if3d.data.cache`) when one exists for the split and is current, else the image files
+(:class:`~if3d.data.dataset.PairedDataset`). The training engine, the test script and the benchmarks
+all open their data here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from if3d.classes import AFFECTNET8
+from if3d.data import layout
+
+__all__ = [
+    "DataConfig",
+    "SplitSource",
+    "Subset",
+    "dataset_report",
+    "open_split",
+    "resolve_val_split",
+    "sample_path",
+    "subset_dataset",
+    "supports_batches",
+]
+
+
+@dataclass
+class DataConfig:
+    """The data of a training run (a section of the training configuration).
+
+    Either ``data`` (a canonical dataset root, with ``train_split``/``val_split``) or the explicit
+    If3D-style paths ``train_photos``, ``train_renders``, ``train_annotations``, ``val_photos``,
+    ``val_renders``, ``val_annotations``.
+    """
+
+    data: str | None = None
+    """canonical dataset root (photos/, renders/, annotations/, classes.json)"""
+    train_split: str = "train"
+    """training split of --data"""
+    val_split: str | None = None
+    """validation split of --data (default val, else test)"""
+    train_photos: str | None = None
+    """train photos <DIR>/<label>/<file> (instead of --data)"""
+    train_renders: str | None = None
+    """train renders, same relative paths and stems"""
+    train_annotations: str | None = None
+    """train valence/arousal CSV (file,valence,arousal or If3D's number,exp,val,aro)"""
+    val_photos: str | None = None
+    """val photos <DIR>/<label>/<file>"""
+    val_renders: str | None = None
+    """val renders, same relative paths and stems"""
+    val_annotations: str | None = None
+    """val valence/arousal CSV"""
+    image_size: int = 112
+    """model input side in pixels"""
+    skip_missing_renders: bool = False
+    """skip (and count) photos without a render instead of stopping"""
+    max_train_samples: int | None = None
+    """seeded random subset of the training split"""
+    max_val_samples: int | None = None
+    """seeded random subset of the validation split"""
+    cache: Literal["auto", "off"] = "auto"
+    """use the pre-decoded cache when present"""
+    augment: bool = True
+    """training augmentation (--no-augment: none)"""
+
+    def source(self, role: str) -> SplitSource:
+        """The :class:`SplitSource` of the ``"train"`` or ``"val"`` role.
+
+        Raises:
+            ValueError: no data given for the role, or an unknown role.
+            FileNotFoundError: no validation split exists under ``--data``.
+        """
+        if role not in ("train", "val"):
+            raise ValueError(f"role must be 'train' or 'val', got {role!r}")
+        if self.data is not None:
+            split = self.train_split if role == "train" else resolve_val_split(self.data, self.val_split)
+            return SplitSource.from_root(self.data, split)
+        photos = getattr(self, f"{role}_photos")
+        if photos is None:
+            raise ValueError(f"no {role} data: give --data ROOT or --{role}-photos (and --{role}-renders)")
+        return SplitSource.from_paths(photos, getattr(self, f"{role}_renders"),
+                                      getattr(self, f"{role}_annotations"), name=role)
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Where the samples of one split are.
+
+    Attributes:
+        split: the split's name (``train``, ``val``, ``test`` …; for explicit paths a label such as ``val``).
+        photo_root: folder of ``<label>/<file>`` photos.
+        render_root: folder of renders with the same relative paths and stems, or None.
+        annotations_csv: valence/arousal CSV, or None.
+        data_root: the canonical dataset root (``classes.json``, caches), or None for explicit paths.
+    """
+
+    split: str
+    photo_root: Path
+    render_root: Path | None
+    annotations_csv: Path | None
+    data_root: Path | None
+
+    @classmethod
+    def from_root(cls, root: str | os.PathLike, split: str) -> SplitSource:
+        """A split of a canonical dataset (``<root>/photos/<split>``, ``renders/<split>``, ``annotations``)."""
+        ann = layout.annotations_path(root, split)
+        return cls(split, layout.photos_dir(root, split), layout.renders_dir(root, split),
+                   ann if ann.is_file() else None, Path(root))
+
+    @classmethod
+    def from_paths(cls, photos: str | os.PathLike, renders: str | os.PathLike | None = None,
+                   annotations: str | os.PathLike | None = None, name: str = "test") -> SplitSource:
+        """Explicit If3D-style folders of one split (``Dataset/affectnet_clean/val`` …)."""
+        return cls(name, Path(photos), Path(renders) if renders else None,
+                   Path(annotations) if annotations else None, None)
+
+    @property
+    def has_renders(self) -> bool:
+        return self.render_root is not None and self.render_root.is_dir()
+
+    def class_names(self) -> list[str]:
+        """The split's class names in label order: ``classes.json`` of the root, else AffectNet-8.
+
+        Raises:
+            if3d.data.report.LayoutError: a canonical root without a readable ``classes.json``.
+        """
+        return layout.read_classes(self.data_root) if self.data_root is not None else list(AFFECTNET8)
+
+
+def resolve_val_split(root: str | os.PathLike, val_split: str | None = None) -> str:
+    """The validation split of a canonical dataset: ``val_split`` when given, else ``val`` when present, else ``test``.
+
+    Raises:
+        FileNotFoundError: no candidate split exists under ``<root>/photos``.
+    """
+    if val_split is not None:
+        return val_split
+    for split in ("val", "test"):
+        if layout.photos_dir(root, split).is_dir():
+            return split
+    raise FileNotFoundError(f"{root}: no photos/val or photos/test split for validation; give --val-split NAME")
+
+
+class Subset(Dataset):
+    """A fixed subset of a dataset that keeps ``labels``, ``class_names`` and ``report``.
+
+    ``index`` of a sample is its position in the subset; :func:`sample_path` names its photo.
+    Batch reads (``ds[list]``) are passed on when the base dataset supports them (the cache).
+    """
+
+    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(base.labels)[self.indices]
+        self.class_names = list(base.class_names)
+        self.report = getattr(base, "report", None)
+        self.supports_batches = supports_batches(base)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, i):
+        if isinstance(i, (list, tuple, np.ndarray, torch.Tensor)):
+            pos = np.asarray(i, dtype=np.int64).reshape(-1)
+            batch = dict(self.base[self.indices[pos].tolist()])
+            batch["index"] = torch.from_numpy(pos.copy())
+            return batch
+        sample = dict(self.base[int(self.indices[i])])
+        sample["index"] = int(i)
+        return sample
+
+    def sample_path(self, i: int) -> str:
+        return sample_path(self.base, int(self.indices[i]))
+
+
+def supports_batches(dataset: Dataset) -> bool:
+    """True when ``dataset[list_of_indices]`` returns a collated batch (the memory-mapped cache)."""
+    return bool(getattr(dataset, "supports_batches", False)) or hasattr(dataset, "get_batch")
+
+
+def sample_path(dataset: Dataset, i: int) -> str:
+    """A readable identifier of sample ``i``: its photo path when the dataset exposes it, else ``str(i)``."""
+    if hasattr(dataset, "sample_path"):
+        return str(dataset.sample_path(i))
+    if hasattr(dataset, "photo_path"):
+        return str(dataset.photo_path(i))
+    rel = getattr(dataset, "photo_relpaths", None)
+    if rel is not None:
+        return str(rel[i])
+    return str(i)
+
+
+def dataset_report(dataset: Dataset) -> Any:
+    """The dataset's data report (skipped files, counted) as JSON-able data, or None.
+
+    Reports with more than 20 paths per kind are cut to 20 (the counts stay whole).
+    """
+    rep = getattr(dataset, "report", None)
+    if rep is None or isinstance(rep, (dict, list, str)):
+        return rep
+    return rep.to_dict(max_paths=20) if hasattr(rep, "to_dict") else str(rep)
+
+
+def subset_dataset(dataset: Dataset, max_samples: int | None, seed: int) -> Dataset:
+    """The first ``max_samples`` of a seeded permutation of ``dataset`` (kept in dataset order).
+
+    Returns ``dataset`` itself when ``max_samples`` is None or not smaller than its length.
+
+    Raises:
+        ValueError: ``max_samples`` < 1.
+    """
+    n = len(dataset)
+    if max_samples is None or max_samples >= n:
+        return dataset
+    if max_samples < 1:
+        raise ValueError(f"max samples must be >= 1, got {max_samples}")
+    rng = np.random.default_rng(seed)
+    return Subset(dataset, np.sort(rng.permutation(n)[:max_samples]))
+
+
+def open_split(
+    source: SplitSource,
+    *,
+    image_size: int,
+    photo_only: bool,
+    skip_missing_renders: bool = False,
+    num_classes: int | None = None,
+    cache: str = "auto",
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """The samples of one split (see the module docstring for the sample dict).
+
+    Args:
+        source: where the split is.
+        image_size: side S of the images in pixels.
+        photo_only: the model reads photos only. The render tree still filters the samples when
+            ``skip_missing_renders`` is set and renders exist, so a photo-only baseline sees exactly
+            the fusion models' samples.
+        skip_missing_renders: skip (and count) photos without a render instead of raising.
+        num_classes: keep only labels below it (e.g. 7 drops Contempt, counted as ``excluded_class``).
+        cache: ``"auto"`` reads the pre-decoded cache when one is current; ``"off"`` never.
+        max_samples: a seeded random subset of this many samples (:func:`subset_dataset`).
+        seed: the subset's seed.
+
+    Raises:
+        ValueError: a model that needs renders on a split without them.
+        FileNotFoundError, if3d.data.report.DataError: missing or bad files (the message names them).
+        if3d.data.cache.StaleCacheError: a cache exists but its source files changed (rebuild it).
+    """
+    dataset = _open_cached(source, image_size, photo_only, skip_missing_renders, num_classes) \
+        if cache != "off" else None
+    if dataset is None:
+        dataset = _open_paired(source, image_size, photo_only, skip_missing_renders, num_classes)
+    return subset_dataset(dataset, max_samples, seed)
+
+
+def _open_paired(source: SplitSource, image_size: int, photo_only: bool, skip_missing_renders: bool,
+                 num_classes: int | None) -> Dataset:
+    """:class:`~if3d.data.dataset.PairedDataset` of one split (JPEG/PNG files)."""
+    from if3d.data.dataset import PairedDataset
+
+    kwargs: dict[str, Any] = {"image_size": image_size, "skip_missing_renders": skip_missing_renders}
+    names = source.class_names()
+    if num_classes is not None and num_classes < len(names):
+        kwargs["num_classes"] = num_classes  # e.g. 7 drops Contempt (counted as excluded_class)
+
+    def open_with(with_renders: bool) -> Dataset:
+        if source.data_root is not None:
+            return PairedDataset(source.data_root, source.split, require_renders=with_renders, **kwargs)
+        return PairedDataset.from_paths(source.photo_root, source.render_root if with_renders else None,
+                                        source.annotations_csv, require_renders=with_renders, **kwargs)
+
+    if not photo_only:
+        if source.render_root is None:
+            raise ValueError(f"{source.photo_root}: this model needs renders; give --data ROOT with renders/ "
+                             "or --{train,val}-renders")
+        return open_with(True)
+    dataset = open_with(False)
+    if skip_missing_renders and source.has_renders:
+        # The photo-only baseline sees exactly the fusion models' samples: photos that have a render.
+        paired = open_with(True)
+        keep = np.flatnonzero(np.isin(dataset.paths, paired.paths))
+        if keep.size < len(dataset):
+            print(f"{source.photo_root}: {len(dataset) - keep.size} photos without a render left out "
+                  "(--skip-missing-renders), as for the fusion models", flush=True)
+            subset = Subset(dataset, keep)
+            subset.report = paired.report
+            return subset
+    return dataset
+
+
+def _open_cached(source: SplitSource, image_size: int, photo_only: bool, skip_missing_renders: bool,
+                 num_classes: int | None) -> Dataset | None:
+    """The pre-decoded cache of the split when one exists and is current, else None.
+
+    Only canonical datasets have caches. The photo-only baseline reads the paired cache when there
+    is one (same samples as the fusion models), else a photo-only cache.
+    """
+    if source.data_root is None:
+        return None
+    from if3d.data.cache import open_cache_if_valid
+
+    candidates = [(False, {"skip_missing_renders": True} if skip_missing_renders else {})]
+    if photo_only and not (skip_missing_renders and source.has_renders):
+        candidates.append((True, {}))  # no render filter to reproduce: a photo-only cache will do
+    for cache_photo_only, dataset_kwargs in candidates:
+        ds = open_cache_if_valid(source.data_root, source.split, image_size, photo_only=cache_photo_only,
+                                 dataset_kwargs=dataset_kwargs)
+        if ds is None:
+            continue
+        print(f"using the pre-decoded cache {ds.path} for split {source.split}", flush=True)
+        if num_classes is not None and len(ds.class_names) > num_classes:
+            keep = np.flatnonzero(np.asarray(ds.labels) < num_classes)
+            ds = Subset(ds, keep)
+            ds.class_names = ds.class_names[:num_classes]
+        return ds
+    return None
