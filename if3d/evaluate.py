@@ -206,8 +206,6 @@ def evaluate_checkpoint(
             output folder, bad options, or a dataset that shares no class with the model (the message
             says which).
     """
-    from networks.weights import build_model_from_checkpoint
-
     if (data is None) == (photos is None):
         raise ValueError("give either data (a canonical dataset root) or photos (explicit paths)")
     if data is not None and split is None:
@@ -221,17 +219,9 @@ def evaluate_checkpoint(
     try:
         if info.is_main:
             _prepare_out_dir(out_dir)
-        model, report = build_model_from_checkpoint(checkpoint)
+        model, report, class_names, runtime = _load_model(checkpoint, info, amp=amp, channels_last=channels_last,
+                                                          tune_allocator=tune_allocator, image_size=image_size)
         streams = model_streams(model)
-        class_names = checkpoint_class_names(getattr(report, "metadata", {}), _num_classes(model, streams, image_size))
-        runtime = resolve_runtime(RuntimeConfig(device=device, amp=amp, channels_last=channels_last,
-                                                tune_allocator=tune_allocator), info.device)
-        if runtime.tune_allocator:
-            tune_glibc_malloc()
-        model = model.to(info.device).eval()
-        if runtime.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-
         dataset = open_split(source, image_size=image_size, photo_only=streams == ("photo",),
                              skip_missing_renders=skip_missing_renders, max_samples=max_samples, seed=seed + 1)
         data_names = list(dataset.class_names)
@@ -255,6 +245,23 @@ def evaluate_checkpoint(
         return metrics
     finally:
         cleanup_distributed()
+
+
+def _load_model(checkpoint, info, *, amp, channels_last, tune_allocator, image_size):
+    """The checkpoint's model on the device in eval mode, its load report, class names and runtime settings."""
+    from networks.weights import build_model_from_checkpoint
+
+    model, report = build_model_from_checkpoint(checkpoint)
+    num_classes = _num_classes(model, model_streams(model), image_size)
+    class_names = checkpoint_class_names(getattr(report, "metadata", {}), num_classes)
+    runtime = resolve_runtime(RuntimeConfig(device=str(info.device), amp=amp, channels_last=channels_last,
+                                            tune_allocator=tune_allocator), info.device)
+    if runtime.tune_allocator:
+        tune_glibc_malloc()
+    model = model.to(info.device).eval()
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, report, class_names, runtime
 
 
 def _write_outputs(metrics, results, dataset, out_dir: Path, checkpoint, model, report, streams, split_label,
