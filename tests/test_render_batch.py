@@ -263,3 +263,22 @@ def test_benchmark_smoke(repo_root, data_dir, tmp_path):
     assert run["counts"]["ok"] + run["counts"]["no_face"] == 8
     assert run["images_per_s"]["median"] > 0
     assert run["images_per_s"]["min"] <= run["images_per_s"]["median"] <= run["images_per_s"]["max"]
+
+
+def test_sixteen_bit_png_renders_like_its_8_bit_original(data_dir, tmp_path):
+    """A 16-bit PNG of a real face is decoded as the dataset decodes it (not as a white image): a face is
+    found and the render equals the render of the 8-bit original."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    face = sorted((data_dir / "ckplus48" / "happy").iterdir())[0]
+    grey = np.asarray(Image.open(face).convert("L"))
+    Image.fromarray(grey).save(src / "face8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(src / "face16.png")
+    assert Image.open(src / "face16.png").mode.startswith("I;16")
+    summary = render_tree(src, tmp_path / "out", size=SIZE, workers=1, progress=False)
+    manifest = read_manifest(tmp_path / "out" / MANIFEST_NAME)
+    assert manifest["face16.png"][0] == "ok", manifest["face16.png"]
+    assert summary.counts["ok"] == 2
+    a = np.asarray(Image.open(tmp_path / "out" / "face8.png"))
+    b = np.asarray(Image.open(tmp_path / "out" / "face16.png"))
+    np.testing.assert_array_equal(a, b)

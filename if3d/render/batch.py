@@ -17,8 +17,8 @@ input file, POSIX separators), ``status`` and ``reason``:
   that differ only in extension (``a.jpg``, ``a.png``) would share an output stem: the later one in
   sorted order is an ``error``.
 
-Photos are decoded with Pillow as stored (EXIF orientation is not applied, as in PyTorch/PIL data
-loaders), converted to RGB.
+Photos are decoded by the toolkit's one image decoder (:func:`if3d.data.images.decode_image`, the one
+the dataset uses: 8/16-bit, grey/RGB/RGBA/palette to RGB, EXIF orientation not applied).
 
 Resumable: a re-run skips inputs whose manifest row is ``ok`` (with both output files present) or
 ``no_face``; ``unreadable`` and ``error`` rows are retried; ``overwrite=True`` redoes everything.
@@ -116,21 +116,16 @@ def encode_npz(params: dict[str, np.ndarray]) -> bytes:
 
 
 def read_photo(path: str | os.PathLike) -> np.ndarray:
-    """Decode a photo file to uint8 [H, W, 3] RGB with Pillow (EXIF orientation not applied).
+    """Decode a photo file to uint8 [H, W, 3] RGB with the toolkit's one decoder
+    (:func:`if3d.data.images.decode_image`: 8/16-bit, grey/RGB/RGBA/palette; EXIF orientation not applied),
+    so that a render is made from exactly the pixels the dataset later loads as its photo.
 
     Raises:
-        OSError / ValueError (incl. ``PIL.UnidentifiedImageError``): not an image, truncated or corrupt.
+        CorruptImageError: not an image, empty, truncated or corrupt; the message names the file.
     """
-    from PIL import Image
+    from if3d.data.images import decode_image
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode != "RGB":
-            im = im.convert("RGB")  # grey, palette, CMYK; an alpha channel is dropped
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"decoded to an unexpected array shape {arr.shape}")
-    return arr
+    return decode_image(path)
 
 
 def read_manifest(path: Path) -> dict[str, tuple[str, str]]:

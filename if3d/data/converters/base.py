@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from if3d.atomic import atomic_write_json
+from if3d.data.images import decode_image
 from if3d.data.layout import (
     COUNTS_FILE,
     IGNORED_NAMES,
@@ -190,9 +191,7 @@ def _landmarker():
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from if3d.data.dataset import read_image
-
-    return read_image(path).permute(1, 2, 0).numpy()
+    return decode_image(path)
 
 
 def _encode(path: Path, rgb: np.ndarray) -> None:
