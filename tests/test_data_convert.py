@@ -181,6 +181,73 @@ def test_fer2013_csv(data_dir, tmp_path):
         assert np.array_equal(cv2.imread(str(written), cv2.IMREAD_GRAYSCALE), cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))
 
 
+def _fer_csv_bytes(data_dir: Path, extra_rows: list[list]) -> tuple[bytes, int]:
+    """A FER2013-format CSV of real faces (one per class and Usage) plus ``extra_rows``; returns it and its
+    number of real rows."""
+    import io
+
+    rows = _fer_rows(data_dir)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["emotion", "pixels", "Usage"])
+    for code, usage, p in rows:
+        w.writerow([code, _fer_pixels(p), usage])
+    w.writerows(extra_rows)
+    return buf.getvalue().encode(), len(rows)
+
+
+@pytest.mark.parametrize("cut", ["in_pixels", "after_pixels"])
+def test_fer2013_csv_cut_off_and_wrong_sized_rows_are_bad_rows(data_dir, tmp_path, cut):
+    """A truncated download (``head -c``: the last row cut anywhere) and rows whose pixel count is not 48x48
+    (a 2x2 'face', one value too many) or that hold a non-number are counted bad_label_rows with their line;
+    everything else converts."""
+    tokens = _fer_pixels(_fer_rows(data_dir)[0][2]).split()
+    face = " ".join(tokens)
+    not_a_number = " ".join([*tokens[:10], "x", *tokens[11:]])
+    blob, n = _fer_csv_bytes(data_dir, [[3, "10 20 30 40", "Training"], [3, face + " 7", "Training"],
+                                        [3, not_a_number, "Training"]])
+    last = f"5,{face},PublicTest\n".encode()
+    cut_at = len(last) // 2 if cut == "in_pixels" else len(last) - len(b"PublicTest\n")
+    src = tmp_path / "cut.csv"
+    src.write_bytes(blob + last[:cut_at])
+    out = tmp_path / "out"
+    counts = convert("fer2013-csv", src, out, val_fraction=0, verbose=False)
+    assert sum(counts["totals"].values()) == n
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"bad_label_row": 4}
+    bad = {p["path"].rsplit(":", 1)[1]: p["detail"] for p in report["problems"]["bad_label_row"]}
+    assert set(bad) == {str(n + 2), str(n + 3), str(n + 4), str(n + 5)}
+    assert "2304 pixel values, got 4" in bad[str(n + 2)]
+    assert "got 2305" in bad[str(n + 3)]
+    assert "not all integers" in bad[str(n + 4)]
+    assert ("cut short" if cut == "in_pixels" else "Usage ''") in bad[str(n + 5)]
+    written = list((out / "photos").rglob("*.png"))
+    assert len(written) == n
+    assert {cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape for p in written} == {(48, 48)}
+
+
+def test_non_utf8_text_inputs_name_the_file(data_dir, tmp_path):
+    from if3d.data.layout import read_annotations
+    from if3d.data.report import DataError, DataReport
+    from if3d.render.batch import read_manifest
+
+    blob, _ = _fer_csv_bytes(data_dir, [])
+    fer = tmp_path / "fer2013.csv"
+    fer.write_bytes(blob.replace(b"Training", b"Tr\xe4ining", 1))
+    ann = tmp_path / "train.csv"
+    ann.write_bytes(b"file,valence,arousal\n1/a.jpg,0.1,0.2\n1/caf\xe9.jpg,0.1,0.2\n")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(b"relative_path,status,reason\nx.jpg,ok,\ny\xff.jpg,ok,\n")
+    for path, call, line in ((fer, lambda: convert("fer2013-csv", fer, tmp_path / "o", verbose=False), 2),
+                             (ann, lambda: read_annotations(ann, DataReport()), 3),
+                             (manifest, lambda: read_manifest(manifest), 3)):
+        with pytest.raises(DataError) as err:
+            call()
+        assert str(err.value).startswith(f"{path}: ")
+        assert f"not UTF-8 text (line {line}" in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
 # ------------------------------------------------------------------------------------------------ FERPlus
 
 

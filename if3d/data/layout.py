@@ -31,6 +31,7 @@ from pathlib import Path
 
 from if3d.atomic import atomic_write_json, atomic_write_text
 from if3d.data.report import DataReport, LayoutError
+from if3d.data.textfiles import open_text
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -226,11 +227,12 @@ def read_annotations(path: str | os.PathLike, report: DataReport) -> Annotations
 
     Raises:
         LayoutError: the file is missing or has neither column set.
+        NotUtf8Error: the file is not UTF-8 text (a :class:`DataError` naming the file and line).
     """
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: annotation CSV not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path, "annotation CSV") as f:
         reader = csv.DictReader(f)
         columns = tuple(c.strip() for c in (reader.fieldnames or ()))
         reader.fieldnames = list(columns)

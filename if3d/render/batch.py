@@ -132,11 +132,14 @@ def read_manifest(path: Path) -> dict[str, tuple[str, str]]:
     """``manifest.csv`` as relative_path -> (status, reason); empty when absent.
 
     Raises:
-        ValueError: when the file exists but lacks the expected columns.
+        ValueError: when the file exists but lacks the expected columns, or is not UTF-8 text
+            (``if3d.data.textfiles.NotUtf8Error``, naming the file and line).
     """
+    from if3d.data.textfiles import open_text
+
     if not path.exists():
         return {}
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_text(path, "render manifest") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or list(reader.fieldnames)[:3] != list(MANIFEST_FIELDS):
             raise ValueError(f"{path}: not a render manifest (columns {reader.fieldnames}, expected {MANIFEST_FIELDS})")

@@ -40,6 +40,7 @@ from if3d.data.layout import (
     write_classes,
 )
 from if3d.data.report import CorruptImageError, DataError, DataReport
+from if3d.data.textfiles import open_text
 
 JPEG_QUALITY = 95
 
@@ -452,7 +453,7 @@ def list_images(folder: Path, report: DataReport) -> list[Path]:
 def label_lines(path: Path):
     """Yield ``(where, fields)`` for each non-empty line of a whitespace-separated label file
     (``where`` = ``path:line`` for reports)."""
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "label file") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if fields:
