@@ -526,15 +526,144 @@ def test_generic_folders_with_splits(data_dir, tmp_path):
 
 def test_output_is_refused_when_not_empty_and_replaced_with_overwrite(data_dir, tmp_path):
     out = tmp_path / "ck"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
+    convert("ckplus", data_dir / "ckplus48", out, verbose=False)
+    (out / "extra.txt").write_text("a file inside an earlier conversion")
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert("ckplus", data_dir / "ckplus48", out, verbose=False)
-    assert (out / "keep.txt").exists()
+    assert (out / "extra.txt").exists()
     convert("ckplus", data_dir / "ckplus48", out, overwrite=True, verbose=False)
-    assert not (out / "keep.txt").exists()
+    assert not (out / "extra.txt").exists()
     assert (out / "counts.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folders left
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file (symbolic links: their target) under ``root``."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): (f"-> {os.readlink(p)}" if p.is_symlink()
+                                             else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+def _small_fer_source(data_dir: Path, root: Path, per_class: int = 3) -> Path:
+    import shutil
+
+    for split in ("train", "test"):
+        for cls in ("happy", "sad"):
+            (root / split / cls).mkdir(parents=True)
+            for p in sorted((data_dir / "fer2013" / split / cls).iterdir())[:per_class]:
+                shutil.copy(p, root / split / cls / p.name)
+    return root
+
+
+@pytest.mark.parametrize("where", ["source", "parent_of_source", "inside_source", "symlink_to_source"])
+def test_overwrite_never_touches_the_source(data_dir, tmp_path, capsys, where):
+    """--out equal to the source, its parent, a folder inside it or a link to it is refused with exit 2 and
+    one line naming the path, --overwrite or not; nothing in the source changes."""
+    src = _small_fer_source(data_dir, tmp_path / "raw" / "fer")
+    (tmp_path / "raw" / "notes.txt").write_text("the user's own file next to the source")
+    before = _tree_digest(tmp_path / "raw")
+    out = {"source": src, "parent_of_source": src.parent, "inside_source": src / "train" / "converted",
+           "symlink_to_source": tmp_path / "link"}[where]
+    if where == "symlink_to_source":
+        os.symlink(src, out)
+    for extra in (["--overwrite", "--link", "symlink"], ["--overwrite"], []):
+        code = cli_main(["convert", "--format", "fer2013-folders", "--src", str(src), "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.count("\n") == 1
+        assert str(out) in err
+        assert "the source" in err
+        assert "Traceback" not in err
+    assert _tree_digest(tmp_path / "raw") == before
+
+
+def test_overwrite_only_replaces_a_folder_the_toolkit_wrote(data_dir, tmp_path, capsys):
+    from if3d.outputs import MARKER_NAME, OutputError, write_marker
+
+    src = _small_fer_source(data_dir, tmp_path / "fer")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    with pytest.raises(OutputError, match="holds no .if3d-output.json"):
+        convert("fer2013-folders", src, mine, overwrite=True, verbose=False)
+    assert cli_main(["convert", "--format", "fer2013-folders", "--src", str(src), "--out", str(mine),
+                     "--overwrite"]) == 2
+    assert f"{mine}: refused" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "months of work"
+    renders = tmp_path / "renders"  # an output of the toolkit, but not a dataset
+    renders.mkdir()
+    write_marker(renders, "renders")
+    (renders / "a.png").write_bytes(b"render")
+    with pytest.raises(OutputError, match="marks it as a renders output"):
+        convert("fer2013-folders", src, renders, overwrite=True, verbose=False)
+    assert (renders / "a.png").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        convert("fer2013-folders", src, a_file, verbose=False)
+    out = tmp_path / "out"
+    convert("fer2013-folders", src, out, verbose=False)
+    assert json.loads((out / MARKER_NAME).read_text())["kind"] == "dataset"
+
+
+def test_undecodable_source_images_are_counted_and_never_written(data_dir, tmp_path):
+    src = _small_fer_source(data_dir, tmp_path / "fer")
+    good = sorted((src / "train" / "happy").iterdir())[0].read_bytes()
+    (src / "train" / "happy" / "Training_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (src / "train" / "sad" / "Training_text.jpg").write_text("a text file named .jpg\n")
+    (src / "train" / "sad" / "Training_empty.jpg").write_bytes(b"")
+    for link in ("hardlink", "symlink", "copy"):
+        out = tmp_path / f"out_{link}"
+        counts = convert("fer2013-folders", src, out, link=link, verbose=False)
+        assert sum(counts["totals"].values()) == 12
+        report = json.loads((out / "report.json").read_text())
+        assert report["counts"] == {"empty_image": 1, "corrupt_image": 2}
+        bad = {Path(p["path"]).name: p["detail"] for p in report["problems"]["corrupt_image"]}
+        assert "truncated" in bad["Training_truncated.jpg"]
+        assert "not an image" in bad["Training_text.jpg"]
+        names = {p.name for p in (out / "photos").rglob("*.jpg")}
+        assert not names & {"Training_truncated.jpg", "Training_text.jpg", "Training_empty.jpg"}
+        assert len(names) == 12
+        ds = PairedDataset.from_root(out, "train", require_renders=False, verify=True)
+        assert ds.report.count("corrupt_image") == 0
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(data_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    src = _small_fer_source(data_dir, tmp_path / "fer")
+    before = _tree_digest(src)
+    calls = {"n": 0}
+    real = conv_base._place
+
+    def disk_full(source, dest, link):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, dest, link)
+
+    monkeypatch.setattr(conv_base, "_place", disk_full)
+    out = tmp_path / "out"
+    assert cli_main(["convert", "--format", "fer2013-folders", "--src", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert err.count("\n") == 1
+    assert "cannot write: no space left on the device" in err
+    assert f"{tmp_path}/.out.partial-" in err  # the file that could not be written
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fer"]  # no temporary folder left
+    assert _tree_digest(src) == before
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(conv_base, "atomic_write_json", read_only)
+    monkeypatch.setattr(conv_base, "_place", real)
+    with pytest.raises(ValueError, match=f"{out}: cannot write: read-only file system"):
+        convert("fer2013-folders", src, out, verbose=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fer"]
 
 
 def test_interrupted_conversion_leaves_nothing(data_dir, tmp_path, monkeypatch):
@@ -561,7 +690,7 @@ def test_cli_convert_prints_the_count_table(data_dir, tmp_path, capsys):
     assert "Contempt" in text
     assert "981" in text
     assert "seed 3" in text
-    assert cli_main(["convert", "--format", "ckplus", "--src", str(data_dir / "ckplus48"), "--out", str(out)]) == 1
+    assert cli_main(["convert", "--format", "ckplus", "--src", str(data_dir / "ckplus48"), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert cli_main(["formats"]) == 0
     listed = capsys.readouterr().out

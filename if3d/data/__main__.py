@@ -44,7 +44,9 @@ def _add_convert(sub) -> None:
     p.add_argument("--link", choices=("hardlink", "copy", "symlink"), default="hardlink",
                    help="how unchanged images are placed (hardlink falls back to copy)")
     p.add_argument("--workers", type=int, default=1, help="processes for face detection/cropping")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out that an earlier conversion wrote (never a source, never a "
+                   "folder without the toolkit's marker)")
     p.add_argument("--quiet", action="store_true", help="do not print the count table and report")
     p.set_defaults(func=_run_convert)
 
@@ -97,9 +99,9 @@ def _run_check(args) -> int:
         else:
             print("check: give --root or --photo-root", file=sys.stderr)
             return 2
-    except (DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (DataError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     for ds in datasets:
         print(ds)
         print(ds.report.summary(max_paths=args.max_paths))
@@ -134,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status: 0 done, 1 ``cache --check`` found a cache not valid, 2 bad
+    options or bad input, a refused or unwritable output (one line naming the file and the problem on
+    stderr, nothing half-written left), 130 interrupted."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     if argv is None:
@@ -146,9 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:
+        # bad input, a refused or unwritable output, a file that cannot be read: one line naming it
+        # (ValueError covers DataError, OutputError, NotUtf8Error; RuntimeError covers CacheError)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc``; an OSError without its own message gets its path and cause."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

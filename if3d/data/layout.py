@@ -41,8 +41,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 RENDER_SIDE_EXTENSIONS: frozenset[str] = frozenset({".npz", ".csv", ".json", ".txt", ".log"})
 """By-products of the render batch (parameters, manifest) that live in render trees; not reported."""
 
-IGNORED_NAMES: frozenset[str] = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
-"""Operating-system clutter that is skipped without a report."""
+IGNORED_NAMES: frozenset[str] = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".if3d-output.json"})
+"""Operating-system clutter, and the toolkit's output marker (``if3d.outputs.MARKER_NAME``), skipped
+without a report."""
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Canonical split names."""

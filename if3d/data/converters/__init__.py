@@ -3,9 +3,11 @@
 Every converter maps the source's class names onto the canonical AffectNet order (if3d.classes),
 keeps the official train/val/test split where the source has one, carves a stratified, seeded
 validation split from train where it has none, prints a per-split, per-class count table (also written
-to ``<out>/counts.json``) and counts every skipped source item in ``<out>/report.json``. Output is
-written atomically (a temporary folder renamed into place); a non-empty ``--out`` is refused without
-``--overwrite``.
+to ``<out>/counts.json``) and counts every skipped source item in ``<out>/report.json``; every image
+is decoded once on the way (one that does not decode is a counted ``corrupt_image``, never written).
+Output is written atomically (a temporary folder renamed into place) and marked as the toolkit's
+(:data:`if3d.outputs.MARKER_NAME`); ``--overwrite`` replaces only such a folder, and never one that is,
+contains or is inside the source (:mod:`if3d.outputs`).
 
 ==================  ========================================================  ===============  ========
 format              source                                                    splits           faces
@@ -36,7 +38,6 @@ from if3d.data.converters.base import (
     SourceItem,
     SourceScan,
     WriteOptions,
-    check_output_folder,
     format_counts,
     write_dataset,
 )
@@ -44,6 +45,7 @@ from if3d.data.converters.expw import scan_expw
 from if3d.data.converters.fer import scan_fer2013_csv, scan_fer2013_folders, scan_ferplus
 from if3d.data.converters.folders import scan_ckplus, scan_folders, scan_jaffe, scan_sfew
 from if3d.data.converters.rafdb import scan_rafdb
+from if3d.outputs import check_replaceable
 
 # format -> (scanner, default alignment, one-line description)
 FORMATS: dict[str, tuple[Callable[..., SourceScan], str, str]] = {
@@ -108,7 +110,8 @@ def convert(
         src: source folder or file.
         out: output dataset root (e.g. ``Dataset/fer2013``).
         val_fraction, seed: the carved validation split (sources without an official one; 0 = none).
-        overwrite: replace a non-empty ``out``.
+        overwrite: replace a non-empty ``out`` that an earlier conversion wrote (it holds the toolkit's
+            marker file); any other folder is never deleted.
         align: ``"none"``/``"detect"``/``None`` (format default) for face detection and alignment.
         split_by: ``"subject"`` (carve validation by subject/source image where the format knows it:
             CK+, JAFFE, ExpW) or ``"sample"``.
@@ -122,18 +125,23 @@ def convert(
         ``skipped``).
 
     Raises:
-        FileExistsError: ``out`` is not empty and ``overwrite`` is False.
+        OutputError: ``out`` is, contains or is inside the source; is a file; is a non-empty folder that
+            the toolkit did not write (no :data:`if3d.outputs.MARKER_NAME`, so ``overwrite`` never deletes
+            it); or cannot be written (read-only, full disk). The message names the path.
+        FileExistsError: ``out`` is a non-empty dataset and ``overwrite`` is False.
+        DataError: nothing could be written, or a label file is unreadable (e.g. not UTF-8).
         plus those of :func:`scan`.
     """
     if split_by not in ("subject", "sample"):
         raise ValueError(f"split_by must be 'subject' or 'sample', got {split_by!r}")
     if link not in ("hardlink", "copy", "symlink"):
         raise ValueError(f"link must be 'hardlink', 'copy' or 'symlink', got {link!r}")
-    check_output_folder(Path(out), overwrite)  # fail before a long scan
+    sources = [src]
+    check_replaceable(out, "dataset", sources, overwrite)  # fail before a long scan
     source = scan(fmt, src, align)
     opts = WriteOptions(val_fraction=val_fraction, seed=seed, group_split=split_by == "subject",
                         overwrite=overwrite, link=link, size=size, margin=margin, workers=workers, verbose=verbose)
-    return write_dataset(source, out, opts, fmt=fmt, src=src)
+    return write_dataset(source, out, opts, fmt=fmt, src=src, sources=sources)
 
 
 __all__ = ["FORMATS", "SourceItem", "SourceScan", "WriteOptions", "convert", "format_counts", "scan", "write_dataset"]
