@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -704,3 +705,100 @@ def test_scan_errors_name_the_problem(tmp_path):
         scan("kdef", tmp_path)
     with pytest.raises(FileNotFoundError):
         scan("ckplus", tmp_path / "absent")
+
+
+# --------------------------------------------------------------------------------------------------- csv
+
+
+WILD = {"happiness": 383, "disgust": 195, "neutral": 151, "sadness": 144, "anger": 25, "surprise": 13, "fear": 9}
+
+
+def test_csv_format_converts_the_wild_image_folder_and_its_labels(data_dir, tmp_path, capsys):
+    """../shared/data/wild: images/ + labels.csv (image,emotion) — the layout 'folders' cannot read."""
+    wild = data_dir / "wild"
+    out = tmp_path / "wild"
+    assert cli_main(["convert", "--format", "csv", "--src", str(wild / "images"), "--labels",
+                     str(wild / "labels.csv"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == f"csv: {wild / 'images'} -> {out}"
+    counts = _counts(out)
+    with open(wild / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(WILD.values())
+    # one image is listed twice (with two labels): the first row is used, the second is reported
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"duplicate_label_row": 1}
+    dup = report["problems"]["duplicate_label_row"][0]
+    first = {}
+    for r in rows:
+        first.setdefault(r["image"], r["emotion"])
+    assert dup["detail"].split(" ")[0] in first
+    expected = _by_canonical(Counter(first.values()), AFFECTNET7)
+    totals = {n: sum(counts["splits"][s][n] for s in counts["splits"]) for n in AFFECTNET7}
+    assert totals == expected
+    assert set(counts["splits"]) == {"train", "val"}
+
+
+def test_csv_format_counts_every_row_it_cannot_use(data_dir, tmp_path, capsys):
+    wild = data_dir / "wild"
+    with open(wild / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:12]
+    src = tmp_path / "imgs"
+    (src / "sub").mkdir(parents=True)
+    import shutil
+
+    lines = ["File_Path,Expression,Usage"]
+    for i, r in enumerate(rows):
+        rel = f"sub/{r['image']}" if i % 2 else r["image"]
+        shutil.copy(wild / "images" / r["image"], src / rel)
+        lines.append(f"{rel},{r['emotion'].upper()},{'Training' if i < 9 else 'PublicTest'}")
+    shutil.copy(wild / "images" / rows[0]["image"], src / "code.jpg")
+    shutil.copy(wild / "images" / rows[1]["image"], src / "bored.jpg")
+    lines += ["code.jpg,7,Training",  # a numeric code, mapped below
+              "bored.jpg,bored,Training", "bored.jpg,bored,Training",  # unknown class, twice
+              "missing.jpg,happy,Training",  # no such file
+              ",happy,Training",  # no image
+              f"{rows[0]['image']},neutral,Training",  # listed again
+              "code.jpg,happy,holdout",  # unknown split
+              "short.jpg"]  # cut short
+    (src / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    counts = convert("csv", src / "labels.csv", out, class_map="7=contempt", verbose=True)
+    printed = capsys.readouterr().out
+    assert counts["totals"] == {"train": 10, "val": 3}
+    assert counts["classes"] == list(AFFECTNET8)  # contempt present
+    assert counts["splits"]["train"]["Contempt"] == 1
+    assert _report(out) == {"unknown_class": 2, "missing_source_image": 1, "bad_label_row": 3,
+                            "duplicate_label_row": 1}
+    assert counts["unknown_class_names"] == {"bored": 2}
+    assert "unknown class names (rows skipped): 'bored' 2" in printed
+    assert len(list((out / "photos").rglob("*.jpg"))) == 13
+    # without the class map, the numeric code is an unknown class too: counted, never dropped silently
+    again = convert("csv", src / "labels.csv", tmp_path / "again", verbose=False)
+    assert again["unknown_class_names"] == {"bored": 2, "7": 1}
+
+
+def test_csv_format_columns_and_options(data_dir, tmp_path):
+    from if3d.data.report import DataError
+
+    img = sorted((data_dir / "wild" / "images").iterdir())[0]
+    src = tmp_path / "src"
+    src.mkdir()
+    import shutil
+
+    shutil.copy(img, src / "a.jpg")
+    (src / "two.csv").write_text("image,path,label\na.jpg,a.jpg,happy\n")
+    with pytest.raises(DataError, match=r"several image columns \(image, path\) .*--image-column"):
+        scan("csv", src / "two.csv")
+    assert len(scan("csv", src / "two.csv", image_column="path").items) == 1
+    (src / "none.csv").write_text("name,mood\na.jpg,happy\n")
+    with pytest.raises(DataError, match="no image column among name, mood; name it with --image-column"):
+        scan("csv", src / "none.csv")
+    found = scan("csv", src / "none.csv", image_column="name", label_column="mood")
+    assert [it.label for it in found.items] == [canonical_label("happy")]
+    with pytest.raises(DataError, match="--labels"):
+        scan("csv", src)
+    with pytest.raises(ValueError, match="only apply to --format csv"):
+        scan("folders", src, labels=src / "two.csv")
+    with pytest.raises(ValueError, match="--class-map 7=grumpy"):
+        scan("csv", src / "none.csv", image_column="name", label_column="mood", class_map="7=grumpy")

@@ -4,6 +4,8 @@ Examples::
 
     python -m if3d.data convert --format fer2013-folders --src ../shared/data/fer2013 --out Dataset/fer2013
     python -m if3d.data convert --format ckplus --src ../shared/data/ckplus48 --out Dataset/ckplus --val-fraction 0.1
+    python -m if3d.data convert --format csv --src ../shared/data/wild/images --labels ../shared/data/wild/labels.csv \\
+        --out Dataset/wild
     python -m if3d.data check --root Dataset/fer2013 --split train --no-renders
     python -m if3d.data check --photo-root Dataset/affectnet_clean/train --render-root Dataset/affectnet_smirk/train \\
         --annotations Dataset/affectnet_annotations/train_set_annotation_without_lnd.csv
@@ -30,7 +32,7 @@ def _add_convert(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--format", required=True, choices=list(FORMATS), help="source format")
-    p.add_argument("--src", required=True, help="source folder (or CSV file for fer2013-csv)")
+    p.add_argument("--src", required=True, help="source folder (or CSV file for fer2013-csv and csv)")
     p.add_argument("--out", required=True, help="output dataset root, e.g. Dataset/fer2013")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="validation share carved from train when the source has no validation split (0: none)")
@@ -48,6 +50,14 @@ def _add_convert(sub) -> None:
                    help="replace a non-empty --out that an earlier conversion wrote (never a source, never a "
                    "folder without the toolkit's marker)")
     p.add_argument("--quiet", action="store_true", help="do not print the count table and report")
+    g = p.add_argument_group("--format csv (an image folder and a CSV of image,label rows)")
+    g.add_argument("--labels", help="the label CSV when --src is the image folder (paths relative to --src); "
+                   "without it --src is the CSV (paths relative to its folder)")
+    g.add_argument("--image-column", help="image path column (default: detected: image, file, path, ...)")
+    g.add_argument("--label-column", help="class name column (default: detected: label, emotion, expression, class)")
+    g.add_argument("--split-column", help="optional split column (default: detected: split, usage, subset)")
+    g.add_argument("--class-map", help="extra class names: NAME=CANONICAL,... (e.g. 0=angry,1=disgust or "
+                   "joyful=happy); CANONICAL is any known spelling or an index 0..7")
     p.set_defaults(func=_run_convert)
 
 
@@ -56,7 +66,9 @@ def _run_convert(args) -> int:
 
     convert(args.format, args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
             overwrite=args.overwrite, align=args.align, split_by=args.split_by, link=args.link, size=args.size,
-            margin=args.margin, workers=args.workers, verbose=not args.quiet)
+            margin=args.margin, workers=args.workers, verbose=not args.quiet, labels=args.labels,
+            image_column=args.image_column, label_column=args.label_column, split_column=args.split_column,
+            class_map=args.class_map)
     return 0
 
 

@@ -36,6 +36,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "missing_source_image": "label row whose image file is missing in the source; skipped",
     "unlabelled_image": "source image without a label (e.g. an unlabelled test set); skipped",
     "bad_label_row": "unparsable row in a label file; skipped",
+    "duplicate_label_row": "image listed more than once in a label file; the first row is used",
     "bad_box": "face box outside the image or empty; skipped",
     "no_face": "no face found by the MediaPipe landmarker; skipped",
     "vote_unknown": "FERPlus: majority vote is 'unknown'; dropped",

@@ -416,6 +416,8 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
             "split_note": f"{scan.split_note}; {split_note}" if scan.split_note else split_note,
             "skipped": report.counts,
         }
+        if scan.extra.get("unknown_class_names"):
+            counts["unknown_class_names"] = dict(scan.extra["unknown_class_names"])
         report.stats["written"] = len(written)
         try:
             for split in splits:
@@ -465,6 +467,9 @@ def format_counts(counts: dict) -> str:
     lines.append(f"{'':<6}{'total':<{width}}" + "".join(f"{v:>9}" for v in tot) + f"{sum(tot):>9}")
     if counts.get("split_note"):
         lines.append(f"splits: {counts['split_note']}")
+    if counts.get("unknown_class_names"):
+        listed = ", ".join(f"{name!r} {n}" for name, n in counts["unknown_class_names"].items())
+        lines.append(f"unknown class names (rows skipped): {listed}; map them with --class-map NAME=CANONICAL")
     return "\n".join(lines)
 
 
