@@ -408,3 +408,33 @@ def test_unwritable_output_stops_the_run_with_the_file_named(data_dir, tmp_path,
     monkeypatch.undo()
     assert read_manifest(out / MANIFEST_NAME) == {"p0.png": ("ok", "")}  # what was finished is kept
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [MANIFEST_NAME, "p0.npz", "p0.png"]
+
+
+def test_mediapipe_log_lines_are_kept_out_of_stderr_and_ours_are_not(data_dir, tmp_path, capfd):
+    from if3d.render.landmarks import quiet_native_logs
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(_faces(data_dir, 1)[0], src / "a.png")
+    (src / "bad.jpg").write_text("not a photo")
+    code = main(["--input", str(src), "--output", str(tmp_path / "out"), "--workers", "1", "--size", str(SIZE),
+                 "--no-progress"])
+    captured = capfd.readouterr()
+    assert code == 0
+    assert "ok 1" in captured.out
+    assert "unreadable 1" in captured.out
+    for noise in ("inference_feedback_manager", "XNNPACK", "absl::InitializeLog"):
+        assert noise not in captured.err
+
+    with quiet_native_logs():
+        os.write(2, b"W0000 00:00:1796052655.491200   12180 inference_feedback_manager.cc:114] Feedback manager\n")
+        os.write(2, b"I0000 00:00:1796052655.5   12180 gl_context.cc:357] GL version: 3.2\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"E0000 00:00:1796052655.6   12180 calculator_graph.cc:887] a real C++ error\n")
+        print("a message of ours", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "Feedback manager" not in err
+    assert "GL version" not in err
+    assert "XNNPACK" not in err
+    assert "a real C++ error" in err
+    assert "a message of ours" in err
