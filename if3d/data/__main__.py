@@ -14,7 +14,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -129,21 +128,16 @@ def _run_formats(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m if3d.data`` parser (``cache`` only when :mod:`if3d.data.cache` provides ``add_cli``)."""
+    """The ``python -m if3d.data`` parser (no torch is imported until ``cache`` or ``check`` runs)."""
     parser = argparse.ArgumentParser(prog="python -m if3d.data", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     _add_check(sub)
     sub.add_parser("formats", help="list the source formats").set_defaults(func=_run_formats)
-    try:
-        cache = importlib.import_module("if3d.data.cache")
-    except ImportError as e:
-        if getattr(e, "name", None) != "if3d.data.cache":
-            raise
-        cache = None
-    if cache is not None and hasattr(cache, "add_cli"):
-        cache.add_cli(sub)
+    from if3d.data.cache_cli import add_cli as add_cache
+
+    add_cache(sub)
     return parser
 
 
@@ -165,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError) as e:
+    except (ValueError, OSError) as e:
         # bad input, a refused or unwritable output, a file that cannot be read: one line naming it
-        # (ValueError covers DataError, OutputError, NotUtf8Error; RuntimeError covers CacheError)
+        # (ValueError covers DataError, OutputError, NotUtf8Error)
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
 

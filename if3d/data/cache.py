@@ -76,6 +76,7 @@ import torch
 from torch.utils.data import Dataset
 
 from if3d.atomic import atomic_write, remove_stale_temporaries
+from if3d.data.cache_cli import add_cli
 from if3d.data.report import DataError
 from if3d.outputs import OutputError, check_apart, write_error
 
@@ -761,33 +762,6 @@ def open_cache_if_valid(
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``cache`` subcommand of ``python -m if3d.data``.
-
-    ``python -m if3d.data cache --data ROOT --split train [--split test] --size 112
-    [--photo-only] [--cache-dir DIR] [--workers N] [--rebuild] [--check]``
-    """
-    p = subparsers.add_parser(
-        "cache",
-        help="pre-decode a split into a memory-mapped uint8 cache used by training",
-        description="Decode every photo (and render) of a split once, resized to the training "
-        "resolution, into <ROOT>/cache/<split>-s<size>.if3dcache. Training uses it when present; "
-        "it is refused when the source files change (rebuild with --rebuild).",
-    )
-    p.add_argument("--data", required=True, help="dataset root in the canonical layout")
-    p.add_argument("--split", action="append", required=True, help="split name (repeatable)")
-    p.add_argument("--size", type=int, default=112, help="image side in pixels (default 112)")
-    p.add_argument("--photo-only", action="store_true", help="cache photos only (no renders)")
-    p.add_argument("--skip-missing-renders", action="store_true",
-                   help="skip (and count) photos without a render, as training with --skip-missing-renders")
-    p.add_argument("--cache-dir", default=None, help="where to write caches (default ROOT/cache)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding worker processes")
-    p.add_argument("--rebuild", action="store_true", help="rebuild even when the cache is up to date")
-    p.add_argument("--check", action="store_true", help="only check whether the caches are valid (exit 1 if not)")
-    p.set_defaults(func=main)
-    return p
 
 
 def main(args: argparse.Namespace) -> int:
