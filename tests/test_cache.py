@@ -272,3 +272,90 @@ def test_skip_missing_renders_setting_is_respected(tree):
     assert ds.report["counts"]["missing_render"] == 1
     # a run that did not ask to skip photos must not silently train on the reduced set
     assert open_cache_if_valid(tree, "train", SIZE) is None
+
+
+def test_stale_hint_is_the_command_that_rebuilds_it(tree, capsys):
+    """A cache built with --skip-missing-renders: the stale message prints the exact command that rebuilds
+    it (with --skip-missing-renders), and that command works."""
+    import shlex
+
+    from if3d.data.__main__ import main as data_main
+
+    sorted((tree / "renders" / "train" / "2").glob("*.png"))[0].unlink()
+    assert data_main(["cache", "--data", str(tree), "--split", "train", "--workers", "0",
+                      "--skip-missing-renders"]) == 0
+    photo = sorted((tree / "photos" / "train" / "1").glob("*.jpg"))[0]
+    _bump(photo)
+    kwargs = {"skip_missing_renders": True}
+    with pytest.raises(StaleCacheError) as err:
+        open_cache_if_valid(tree, "train", SIZE, dataset_kwargs=kwargs)
+    hint = str(err.value).split("Rebuild it: ", 1)[1]
+    argv = shlex.split(hint)
+    assert argv[:4] == ["python", "-m", "if3d.data", "cache"]
+    assert "--skip-missing-renders" in argv
+    assert "--rebuild" in argv
+    capsys.readouterr()
+    assert data_main(argv[3:] + ["--workers", "0"]) == 0
+    ds = open_cache_if_valid(tree, "train", SIZE, dataset_kwargs=kwargs)
+    assert ds is not None
+    assert len(ds) == len(FER_CLASSES) * PER_CLASS - 1
+
+
+@pytest.mark.parametrize("loop", ["file_to_itself", "folder_to_parent"])
+def test_symbolic_link_loop_is_an_error_naming_the_link(tree, capsys, loop):
+    from if3d.data.__main__ import main as data_main
+    from if3d.data.report import DataError
+
+    folder = tree / "photos" / "train" / "1"
+    link = folder / ("loop.jpg" if loop == "file_to_itself" else "up")
+    os.symlink(link.name if loop == "file_to_itself" else "..", link)
+    with pytest.raises(DataError, match="symbolic link loop"):
+        build_cache(tree, "train", SIZE, progress=False)
+    assert data_main(["cache", "--data", str(tree), "--split", "train", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{link}: symbolic link loop" in err
+    assert not cache_path(tree, "train", SIZE).exists()
+
+
+def test_cache_path_is_guarded(tree, monkeypatch):
+    """Never a cache file inside the source files; never replaces a file that is not a cache; a full disk is
+    an OutputError naming the file, with nothing left behind."""
+    import errno
+
+    from if3d.outputs import OutputError
+
+    with pytest.raises(OutputError, match="is inside the source"):
+        build_cache(tree, "train", SIZE, cache_dir=tree / "photos" / "train" / "1", progress=False)
+    assert not list((tree / "photos" / "train" / "1").glob("*.if3dcache"))
+    path = cache_path(tree, "train", SIZE)
+    path.parent.mkdir()
+    path.write_bytes(b"someone else's file")
+    with pytest.raises(OutputError, match="not an If3D cache"):
+        build_cache(tree, "train", SIZE, rebuild=True, progress=False)
+    assert path.read_bytes() == b"someone else's file"
+    path.unlink()
+
+    def disk_full(fd, nbytes):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "_reserve", disk_full)
+    with pytest.raises(OutputError, match=f"{path}: cannot write: no space left on the device"):
+        build_cache(tree, "train", SIZE, progress=False)
+    assert list(path.parent.iterdir()) == []
+
+
+def test_same_size_and_mtime_replacement_is_not_seen_as_documented(tree):
+    """The fingerprint is size + mtime (see the module docstring): a photo replaced by another of the same
+    size with its mtime restored keeps the cache 'valid'; --rebuild is the documented remedy."""
+    build_cache(tree, "train", SIZE, progress=False)
+    a, b = sorted((tree / "photos" / "train" / "1").glob("*.jpg"))[:2]
+    st = a.stat()
+    a.write_bytes(b.read_bytes()[: st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert open_cache_if_valid(tree, "train", SIZE) is not None
+    build_cache(tree, "train", SIZE, rebuild=True, progress=False)
+    ds = open_cache(tree, "train", SIZE)
+    i = [Path(p).name for p in ds.photo_relpaths].index(a.name)
+    ref = PairedDataset(tree, "train", image_size=SIZE)
+    _assert_sample_equal(ds[i], ref[i])

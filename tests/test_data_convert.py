@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -179,6 +180,73 @@ def test_fer2013_csv(data_dir, tmp_path):
         label = canonical_label(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"][code])
         written = out / "photos" / split / str(label) / f"fer{i:07d}.png"
         assert np.array_equal(cv2.imread(str(written), cv2.IMREAD_GRAYSCALE), cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))
+
+
+def _fer_csv_bytes(data_dir: Path, extra_rows: list[list]) -> tuple[bytes, int]:
+    """A FER2013-format CSV of real faces (one per class and Usage) plus ``extra_rows``; returns it and its
+    number of real rows."""
+    import io
+
+    rows = _fer_rows(data_dir)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["emotion", "pixels", "Usage"])
+    for code, usage, p in rows:
+        w.writerow([code, _fer_pixels(p), usage])
+    w.writerows(extra_rows)
+    return buf.getvalue().encode(), len(rows)
+
+
+@pytest.mark.parametrize("cut", ["in_pixels", "after_pixels"])
+def test_fer2013_csv_cut_off_and_wrong_sized_rows_are_bad_rows(data_dir, tmp_path, cut):
+    """A truncated download (``head -c``: the last row cut anywhere) and rows whose pixel count is not 48x48
+    (a 2x2 'face', one value too many) or that hold a non-number are counted bad_label_rows with their line;
+    everything else converts."""
+    tokens = _fer_pixels(_fer_rows(data_dir)[0][2]).split()
+    face = " ".join(tokens)
+    not_a_number = " ".join([*tokens[:10], "x", *tokens[11:]])
+    blob, n = _fer_csv_bytes(data_dir, [[3, "10 20 30 40", "Training"], [3, face + " 7", "Training"],
+                                        [3, not_a_number, "Training"]])
+    last = f"5,{face},PublicTest\n".encode()
+    cut_at = len(last) // 2 if cut == "in_pixels" else len(last) - len(b"PublicTest\n")
+    src = tmp_path / "cut.csv"
+    src.write_bytes(blob + last[:cut_at])
+    out = tmp_path / "out"
+    counts = convert("fer2013-csv", src, out, val_fraction=0, verbose=False)
+    assert sum(counts["totals"].values()) == n
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"bad_label_row": 4}
+    bad = {p["path"].rsplit(":", 1)[1]: p["detail"] for p in report["problems"]["bad_label_row"]}
+    assert set(bad) == {str(n + 2), str(n + 3), str(n + 4), str(n + 5)}
+    assert "2304 pixel values, got 4" in bad[str(n + 2)]
+    assert "got 2305" in bad[str(n + 3)]
+    assert "not all integers" in bad[str(n + 4)]
+    assert ("cut short" if cut == "in_pixels" else "Usage ''") in bad[str(n + 5)]
+    written = list((out / "photos").rglob("*.png"))
+    assert len(written) == n
+    assert {cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape for p in written} == {(48, 48)}
+
+
+def test_non_utf8_text_inputs_name_the_file(data_dir, tmp_path):
+    from if3d.data.layout import read_annotations
+    from if3d.data.report import DataError, DataReport
+    from if3d.render.batch import read_manifest
+
+    blob, _ = _fer_csv_bytes(data_dir, [])
+    fer = tmp_path / "fer2013.csv"
+    fer.write_bytes(blob.replace(b"Training", b"Tr\xe4ining", 1))
+    ann = tmp_path / "train.csv"
+    ann.write_bytes(b"file,valence,arousal\n1/a.jpg,0.1,0.2\n1/caf\xe9.jpg,0.1,0.2\n")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(b"relative_path,status,reason\nx.jpg,ok,\ny\xff.jpg,ok,\n")
+    for path, call, line in ((fer, lambda: convert("fer2013-csv", fer, tmp_path / "o", verbose=False), 2),
+                             (ann, lambda: read_annotations(ann, DataReport()), 3),
+                             (manifest, lambda: read_manifest(manifest), 3)):
+        with pytest.raises(DataError) as err:
+            call()
+        assert str(err.value).startswith(f"{path}: ")
+        assert f"not UTF-8 text (line {line}" in str(err.value)
+    assert not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------------------------------------ FERPlus
@@ -459,15 +527,144 @@ def test_generic_folders_with_splits(data_dir, tmp_path):
 
 def test_output_is_refused_when_not_empty_and_replaced_with_overwrite(data_dir, tmp_path):
     out = tmp_path / "ck"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
+    convert("ckplus", data_dir / "ckplus48", out, verbose=False)
+    (out / "extra.txt").write_text("a file inside an earlier conversion")
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert("ckplus", data_dir / "ckplus48", out, verbose=False)
-    assert (out / "keep.txt").exists()
+    assert (out / "extra.txt").exists()
     convert("ckplus", data_dir / "ckplus48", out, overwrite=True, verbose=False)
-    assert not (out / "keep.txt").exists()
+    assert not (out / "extra.txt").exists()
     assert (out / "counts.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folders left
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file (symbolic links: their target) under ``root``."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): (f"-> {os.readlink(p)}" if p.is_symlink()
+                                             else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+def _small_fer_source(data_dir: Path, root: Path, per_class: int = 3) -> Path:
+    import shutil
+
+    for split in ("train", "test"):
+        for cls in ("happy", "sad"):
+            (root / split / cls).mkdir(parents=True)
+            for p in sorted((data_dir / "fer2013" / split / cls).iterdir())[:per_class]:
+                shutil.copy(p, root / split / cls / p.name)
+    return root
+
+
+@pytest.mark.parametrize("where", ["source", "parent_of_source", "inside_source", "symlink_to_source"])
+def test_overwrite_never_touches_the_source(data_dir, tmp_path, capsys, where):
+    """--out equal to the source, its parent, a folder inside it or a link to it is refused with exit 2 and
+    one line naming the path, --overwrite or not; nothing in the source changes."""
+    src = _small_fer_source(data_dir, tmp_path / "raw" / "fer")
+    (tmp_path / "raw" / "notes.txt").write_text("the user's own file next to the source")
+    before = _tree_digest(tmp_path / "raw")
+    out = {"source": src, "parent_of_source": src.parent, "inside_source": src / "train" / "converted",
+           "symlink_to_source": tmp_path / "link"}[where]
+    if where == "symlink_to_source":
+        os.symlink(src, out)
+    for extra in (["--overwrite", "--link", "symlink"], ["--overwrite"], []):
+        code = cli_main(["convert", "--format", "fer2013-folders", "--src", str(src), "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.count("\n") == 1
+        assert str(out) in err
+        assert "the source" in err
+        assert "Traceback" not in err
+    assert _tree_digest(tmp_path / "raw") == before
+
+
+def test_overwrite_only_replaces_a_folder_the_toolkit_wrote(data_dir, tmp_path, capsys):
+    from if3d.outputs import MARKER_NAME, OutputError, write_marker
+
+    src = _small_fer_source(data_dir, tmp_path / "fer")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    with pytest.raises(OutputError, match="holds no .if3d-output.json"):
+        convert("fer2013-folders", src, mine, overwrite=True, verbose=False)
+    assert cli_main(["convert", "--format", "fer2013-folders", "--src", str(src), "--out", str(mine),
+                     "--overwrite"]) == 2
+    assert f"{mine}: refused" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "months of work"
+    renders = tmp_path / "renders"  # an output of the toolkit, but not a dataset
+    renders.mkdir()
+    write_marker(renders, "renders")
+    (renders / "a.png").write_bytes(b"render")
+    with pytest.raises(OutputError, match="marks it as a renders output"):
+        convert("fer2013-folders", src, renders, overwrite=True, verbose=False)
+    assert (renders / "a.png").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        convert("fer2013-folders", src, a_file, verbose=False)
+    out = tmp_path / "out"
+    convert("fer2013-folders", src, out, verbose=False)
+    assert json.loads((out / MARKER_NAME).read_text())["kind"] == "dataset"
+
+
+def test_undecodable_source_images_are_counted_and_never_written(data_dir, tmp_path):
+    src = _small_fer_source(data_dir, tmp_path / "fer")
+    good = sorted((src / "train" / "happy").iterdir())[0].read_bytes()
+    (src / "train" / "happy" / "Training_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (src / "train" / "sad" / "Training_text.jpg").write_text("a text file named .jpg\n")
+    (src / "train" / "sad" / "Training_empty.jpg").write_bytes(b"")
+    for link in ("hardlink", "symlink", "copy"):
+        out = tmp_path / f"out_{link}"
+        counts = convert("fer2013-folders", src, out, link=link, verbose=False)
+        assert sum(counts["totals"].values()) == 12
+        report = json.loads((out / "report.json").read_text())
+        assert report["counts"] == {"empty_image": 1, "corrupt_image": 2}
+        bad = {Path(p["path"]).name: p["detail"] for p in report["problems"]["corrupt_image"]}
+        assert "truncated" in bad["Training_truncated.jpg"]
+        assert "not an image" in bad["Training_text.jpg"]
+        names = {p.name for p in (out / "photos").rglob("*.jpg")}
+        assert not names & {"Training_truncated.jpg", "Training_text.jpg", "Training_empty.jpg"}
+        assert len(names) == 12
+        ds = PairedDataset.from_root(out, "train", require_renders=False, verify=True)
+        assert ds.report.count("corrupt_image") == 0
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(data_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    src = _small_fer_source(data_dir, tmp_path / "fer")
+    before = _tree_digest(src)
+    calls = {"n": 0}
+    real = conv_base._place
+
+    def disk_full(source, dest, link):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, dest, link)
+
+    monkeypatch.setattr(conv_base, "_place", disk_full)
+    out = tmp_path / "out"
+    assert cli_main(["convert", "--format", "fer2013-folders", "--src", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert err.count("\n") == 1
+    assert "cannot write: no space left on the device" in err
+    assert f"{tmp_path}/.out.partial-" in err  # the file that could not be written
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fer"]  # no temporary folder left
+    assert _tree_digest(src) == before
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(conv_base, "atomic_write_json", read_only)
+    monkeypatch.setattr(conv_base, "_place", real)
+    with pytest.raises(ValueError, match=f"{out}: cannot write: read-only file system"):
+        convert("fer2013-folders", src, out, verbose=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fer"]
 
 
 def test_interrupted_conversion_leaves_nothing(data_dir, tmp_path, monkeypatch):
@@ -494,7 +691,7 @@ def test_cli_convert_prints_the_count_table(data_dir, tmp_path, capsys):
     assert "Contempt" in text
     assert "981" in text
     assert "seed 3" in text
-    assert cli_main(["convert", "--format", "ckplus", "--src", str(data_dir / "ckplus48"), "--out", str(out)]) == 1
+    assert cli_main(["convert", "--format", "ckplus", "--src", str(data_dir / "ckplus48"), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert cli_main(["formats"]) == 0
     listed = capsys.readouterr().out
@@ -508,3 +705,100 @@ def test_scan_errors_name_the_problem(tmp_path):
         scan("kdef", tmp_path)
     with pytest.raises(FileNotFoundError):
         scan("ckplus", tmp_path / "absent")
+
+
+# --------------------------------------------------------------------------------------------------- csv
+
+
+WILD = {"happiness": 383, "disgust": 195, "neutral": 151, "sadness": 144, "anger": 25, "surprise": 13, "fear": 9}
+
+
+def test_csv_format_converts_the_wild_image_folder_and_its_labels(data_dir, tmp_path, capsys):
+    """../shared/data/wild: images/ + labels.csv (image,emotion) — the layout 'folders' cannot read."""
+    wild = data_dir / "wild"
+    out = tmp_path / "wild"
+    assert cli_main(["convert", "--format", "csv", "--src", str(wild / "images"), "--labels",
+                     str(wild / "labels.csv"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == f"csv: {wild / 'images'} -> {out}"
+    counts = _counts(out)
+    with open(wild / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(WILD.values())
+    # one image is listed twice (with two labels): the first row is used, the second is reported
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"duplicate_label_row": 1}
+    dup = report["problems"]["duplicate_label_row"][0]
+    first = {}
+    for r in rows:
+        first.setdefault(r["image"], r["emotion"])
+    assert dup["detail"].split(" ")[0] in first
+    expected = _by_canonical(Counter(first.values()), AFFECTNET7)
+    totals = {n: sum(counts["splits"][s][n] for s in counts["splits"]) for n in AFFECTNET7}
+    assert totals == expected
+    assert set(counts["splits"]) == {"train", "val"}
+
+
+def test_csv_format_counts_every_row_it_cannot_use(data_dir, tmp_path, capsys):
+    wild = data_dir / "wild"
+    with open(wild / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:12]
+    src = tmp_path / "imgs"
+    (src / "sub").mkdir(parents=True)
+    import shutil
+
+    lines = ["File_Path,Expression,Usage"]
+    for i, r in enumerate(rows):
+        rel = f"sub/{r['image']}" if i % 2 else r["image"]
+        shutil.copy(wild / "images" / r["image"], src / rel)
+        lines.append(f"{rel},{r['emotion'].upper()},{'Training' if i < 9 else 'PublicTest'}")
+    shutil.copy(wild / "images" / rows[0]["image"], src / "code.jpg")
+    shutil.copy(wild / "images" / rows[1]["image"], src / "bored.jpg")
+    lines += ["code.jpg,7,Training",  # a numeric code, mapped below
+              "bored.jpg,bored,Training", "bored.jpg,bored,Training",  # unknown class, twice
+              "missing.jpg,happy,Training",  # no such file
+              ",happy,Training",  # no image
+              f"{rows[0]['image']},neutral,Training",  # listed again
+              "code.jpg,happy,holdout",  # unknown split
+              "short.jpg"]  # cut short
+    (src / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    counts = convert("csv", src / "labels.csv", out, class_map="7=contempt", verbose=True)
+    printed = capsys.readouterr().out
+    assert counts["totals"] == {"train": 10, "val": 3}
+    assert counts["classes"] == list(AFFECTNET8)  # contempt present
+    assert counts["splits"]["train"]["Contempt"] == 1
+    assert _report(out) == {"unknown_class": 2, "missing_source_image": 1, "bad_label_row": 3,
+                            "duplicate_label_row": 1}
+    assert counts["unknown_class_names"] == {"bored": 2}
+    assert "unknown class names (rows skipped): 'bored' 2" in printed
+    assert len(list((out / "photos").rglob("*.jpg"))) == 13
+    # without the class map, the numeric code is an unknown class too: counted, never dropped silently
+    again = convert("csv", src / "labels.csv", tmp_path / "again", verbose=False)
+    assert again["unknown_class_names"] == {"bored": 2, "7": 1}
+
+
+def test_csv_format_columns_and_options(data_dir, tmp_path):
+    from if3d.data.report import DataError
+
+    img = sorted((data_dir / "wild" / "images").iterdir())[0]
+    src = tmp_path / "src"
+    src.mkdir()
+    import shutil
+
+    shutil.copy(img, src / "a.jpg")
+    (src / "two.csv").write_text("image,path,label\na.jpg,a.jpg,happy\n")
+    with pytest.raises(DataError, match=r"several image columns \(image, path\) .*--image-column"):
+        scan("csv", src / "two.csv")
+    assert len(scan("csv", src / "two.csv", image_column="path").items) == 1
+    (src / "none.csv").write_text("name,mood\na.jpg,happy\n")
+    with pytest.raises(DataError, match="no image column among name, mood; name it with --image-column"):
+        scan("csv", src / "none.csv")
+    found = scan("csv", src / "none.csv", image_column="name", label_column="mood")
+    assert [it.label for it in found.items] == [canonical_label("happy")]
+    with pytest.raises(DataError, match="--labels"):
+        scan("csv", src)
+    with pytest.raises(ValueError, match="only apply to --format csv"):
+        scan("folders", src, labels=src / "two.csv")
+    with pytest.raises(ValueError, match="--class-map 7=grumpy"):
+        scan("csv", src / "none.csv", image_column="name", label_column="mood", class_map="7=grumpy")

@@ -268,7 +268,7 @@ def test_check_command_prints_the_report(data_dir, tmp_path, capsys):
 
     root = tmp_path / "bad"
     _bad_tree(root, _faces(data_dir, 4))
-    assert main(["check", "--root", str(root)]) == 1
+    assert main(["check", "--root", str(root)]) == 2  # bad data: exit 2, as every command
     assert "lonely.jpg" in capsys.readouterr().err
     assert main(["check", "--root", str(root), "--skip-missing-renders", "--verify"]) == 0
     out = capsys.readouterr().out

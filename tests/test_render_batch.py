@@ -5,6 +5,7 @@ worker processes, CLI errors."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from if3d.outputs import MARKER_NAME, write_marker
 from if3d.render.batch import MANIFEST_NAME, read_manifest, render_tree
 from if3d.render.cli import main
 
@@ -71,7 +73,7 @@ def test_tree_is_mirrored_and_every_input_reported(photo_tree, tmp_path):
     assert summary.counts == {"ok": len(photos), "no_face": 1, "unreadable": 3, "error": 0}
     assert all(manifest[r][1] for r in inputs if status[r] != "ok")  # every failure has a reason
     # outputs: exactly the ok items, same relative folders and stems, nothing else (no temporaries)
-    expected = {MANIFEST_NAME} | {p for r in photos for p in outputs_of(r)}
+    expected = {MANIFEST_NAME, MARKER_NAME} | {p for r in photos for p in outputs_of(r)}
     assert set(all_files(out)) == expected
     for r in photos:
         png, npz = outputs_of(r)
@@ -118,6 +120,7 @@ def test_resume_skips_finished_items_and_overwrite_redoes_them(photo_tree, tmp_p
 def test_stale_outputs_of_failed_items_and_temporaries_are_removed(photo_tree, tmp_path):
     out = tmp_path / "renders"
     (out / "fer" / "sad").mkdir(parents=True)
+    write_marker(out, "renders")  # an earlier run's output folder
     stale = out / "fer" / "sad" / "blank.png"
     stale.write_bytes(b"old render")
     leftover = out / "fer" / "sad" / ".x.png.999999999.abc.tmp-if3d"
@@ -241,7 +244,7 @@ def test_interrupted_run_leaves_no_partial_outputs_and_resumes(photo_tree, tmp_p
     manifest = read_manifest(out / MANIFEST_NAME)
     done = [r for r, (s, _) in manifest.items() if s == "ok"]
     assert len(done) == 3
-    written = [p for p in all_files(out) if p != MANIFEST_NAME]
+    written = [p for p in all_files(out) if p not in (MANIFEST_NAME, MARKER_NAME)]
     assert sorted(written) == sorted(p for r in done for p in outputs_of(r))  # pairs only, no temporaries
     resumed = render_tree(photo_tree, out, size=SIZE, workers=1, progress=False)
     assert resumed.skipped == 3
@@ -263,3 +266,175 @@ def test_benchmark_smoke(repo_root, data_dir, tmp_path):
     assert run["counts"]["ok"] + run["counts"]["no_face"] == 8
     assert run["images_per_s"]["median"] > 0
     assert run["images_per_s"]["min"] <= run["images_per_s"]["median"] <= run["images_per_s"]["max"]
+
+
+def test_sixteen_bit_png_renders_like_its_8_bit_original(data_dir, tmp_path):
+    """A 16-bit PNG of a real face is decoded as the dataset decodes it (not as a white image): a face is
+    found and the render equals the render of the 8-bit original."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    face = sorted((data_dir / "ckplus48" / "happy").iterdir())[0]
+    grey = np.asarray(Image.open(face).convert("L"))
+    Image.fromarray(grey).save(src / "face8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(src / "face16.png")
+    assert Image.open(src / "face16.png").mode.startswith("I;16")
+    summary = render_tree(src, tmp_path / "out", size=SIZE, workers=1, progress=False)
+    manifest = read_manifest(tmp_path / "out" / MANIFEST_NAME)
+    assert manifest["face16.png"][0] == "ok", manifest["face16.png"]
+    assert summary.counts["ok"] == 2
+    a = np.asarray(Image.open(tmp_path / "out" / "face8.png"))
+    b = np.asarray(Image.open(tmp_path / "out" / "face16.png"))
+    np.testing.assert_array_equal(a, b)
+
+
+def _faces(data_dir: Path, n: int) -> list[Path]:
+    return sorted((data_dir / "ckplus48" / "happy").iterdir())[:n]
+
+
+def test_resume_redoes_changed_inputs_and_removes_renders_of_unreadable_ones(data_dir, tmp_path):
+    """A photo replaced after rendering (by another face, or by a text file) is not 'already done': the new
+    face is rendered, and the unreadable one loses its stale render and parameters (counted)."""
+    src, out = tmp_path / "photos", tmp_path / "renders"
+    src.mkdir()
+    faces = _faces(data_dir, 4)
+    for i, f in enumerate(faces[:3]):
+        shutil.copy(f, src / f"p{i}.png")
+    first = render_tree(src, out, size=SIZE, workers=1, progress=False)
+    assert first.counts["ok"] == 3
+    old = {i: (out / f"p{i}.png").read_bytes() for i in range(3)}
+
+    shutil.copy(faces[3], src / "p0.png")  # another face, same name
+    (src / "p1.png").write_text("not a photo any more\n")  # replaced by a text file
+    second = render_tree(src, out, size=SIZE, workers=1, progress=False)
+    manifest = read_manifest(out / MANIFEST_NAME)
+    assert manifest["p0.png"][0] == "ok"
+    assert manifest["p1.png"][0] == "unreadable"
+    assert "not an image" in manifest["p1.png"][1]
+    assert (second.processed, second.skipped, second.changed, second.removed) == (2, 1, 2, 2)
+    assert not (out / "p1.png").exists()
+    assert not (out / "p1.npz").exists()
+    assert (out / "p2.png").read_bytes() == old[2]
+    assert (out / "p0.png").read_bytes() != old[0]
+    # the new render is the render of the new face
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    shutil.copy(faces[3], ref / "p0.png")
+    render_tree(ref, tmp_path / "ref_out", size=SIZE, workers=1, progress=False)
+    assert (out / "p0.png").read_bytes() == (tmp_path / "ref_out" / "p0.png").read_bytes()
+    assert "2 changed since the earlier run, 2 stale render/parameter files removed" in str(second)
+
+    third = render_tree(src, out, size=SIZE, workers=1, progress=False)
+    assert (third.skipped, third.changed, third.removed) == (2, 0, 0)  # p0, p2 done; p1 retried, still unreadable
+
+
+def test_resume_of_an_earlier_versions_manifest_compares_input_and_render_times(data_dir, tmp_path):
+    src, out = tmp_path / "photos", tmp_path / "renders"
+    src.mkdir()
+    for i, f in enumerate(_faces(data_dir, 2)):
+        shutil.copy(f, src / f"p{i}.png")
+    render_tree(src, out, size=SIZE, workers=1, progress=False)
+    rows = read_manifest(out / MANIFEST_NAME)
+    with open(out / MANIFEST_NAME, "w", newline="") as fh:  # the three columns of earlier versions
+        w = csv.writer(fh)
+        w.writerow(["relative_path", "status", "reason"])
+        w.writerows((r, s, why) for r, (s, why) in rows.items())
+    (out / MARKER_NAME).unlink()  # earlier versions wrote no marker: the manifest identifies the folder
+    newer = (out / "p1.png").stat().st_mtime_ns + 10**9
+    os.utime(src / "p1.png", ns=(newer, newer))
+    again = render_tree(src, out, size=SIZE, workers=1, progress=False)
+    assert (again.skipped, again.processed, again.changed) == (1, 1, 1)
+    assert (out / MARKER_NAME).is_file()
+
+
+def test_output_folder_guard(data_dir, tmp_path):
+    """The output may not be a file, contain the input, or be a non-empty folder this command did not write;
+    nothing in the way is modified."""
+    from if3d.outputs import OutputError
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(_faces(data_dir, 1)[0], src / "a.png")
+    a_file = tmp_path / "renders.png"
+    a_file.write_bytes(b"user file")
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        render_tree(src, a_file, size=SIZE, workers=1, progress=False)
+    assert a_file.read_bytes() == b"user file"
+    with pytest.raises(OutputError, match="contains the source"):
+        render_tree(src, tmp_path, size=SIZE, workers=1, progress=False)
+    foreign = tmp_path / "other_photos"
+    foreign.mkdir()
+    shutil.copy(_faces(data_dir, 1)[0], foreign / "a.png")  # would be overwritten by the render of a.png
+    before = (foreign / "a.png").read_bytes()
+    with pytest.raises(OutputError, match="not empty and it holds no .if3d-output.json"):
+        render_tree(src, foreign, size=SIZE, workers=1, progress=False, overwrite=True)
+    assert (foreign / "a.png").read_bytes() == before
+    assert sorted(p.name for p in foreign.iterdir()) == ["a.png"]
+
+
+def test_unwritable_output_stops_the_run_with_the_file_named(data_dir, tmp_path, monkeypatch):
+    import errno
+
+    import if3d.outputs
+    import if3d.render.batch as batch
+    from if3d.outputs import OutputError
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i, f in enumerate(_faces(data_dir, 3)):
+        shutil.copy(f, src / f"p{i}.png")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(if3d.outputs, "atomic_write_json", read_only)
+    with pytest.raises(OutputError, match=r"renders: cannot write: read-only file system"):
+        render_tree(src, tmp_path / "renders", size=SIZE, workers=1, progress=False)
+    monkeypatch.undo()
+
+    real = batch.atomic_write_bytes
+    calls = {"png": 0}
+
+    def disk_full_on_second_render(path, data):
+        if str(path).endswith(".png"):
+            calls["png"] += 1
+            if calls["png"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(batch, "atomic_write_bytes", disk_full_on_second_render)
+    out = tmp_path / "renders"
+    with pytest.raises(OutputError, match=r"p1\.png: cannot write: no space left on the device"):
+        render_tree(src, out, size=SIZE, workers=1, progress=False, chunk_size=1)
+    monkeypatch.undo()
+    assert read_manifest(out / MANIFEST_NAME) == {"p0.png": ("ok", "")}  # what was finished is kept
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [MANIFEST_NAME, "p0.npz", "p0.png"]
+
+
+def test_mediapipe_log_lines_are_kept_out_of_stderr_and_ours_are_not(data_dir, tmp_path, capfd):
+    from if3d.render.landmarks import quiet_native_logs
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(_faces(data_dir, 1)[0], src / "a.png")
+    (src / "bad.jpg").write_text("not a photo")
+    code = main(["--input", str(src), "--output", str(tmp_path / "out"), "--workers", "1", "--size", str(SIZE),
+                 "--no-progress"])
+    captured = capfd.readouterr()
+    assert code == 0
+    assert "ok 1" in captured.out
+    assert "unreadable 1" in captured.out
+    for noise in ("inference_feedback_manager", "XNNPACK", "absl::InitializeLog"):
+        assert noise not in captured.err
+
+    with quiet_native_logs():
+        os.write(2, b"W0000 00:00:1796052655.491200   12180 inference_feedback_manager.cc:114] Feedback manager\n")
+        os.write(2, b"I0000 00:00:1796052655.5   12180 gl_context.cc:357] GL version: 3.2\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"E0000 00:00:1796052655.6   12180 calculator_graph.cc:887] a real C++ error\n")
+        print("a message of ours", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "Feedback manager" not in err
+    assert "GL version" not in err
+    assert "XNNPACK" not in err
+    assert "a real C++ error" in err
+    assert "a message of ours" in err

@@ -3,35 +3,51 @@
 * :mod:`if3d.data.layout` — ``<root>/photos|renders/<split>/<label>/<file>``, annotations, classes.json,
   and If3D's original paths (:func:`if3d_paths`).
 * :mod:`if3d.data.converters` — ``python -m if3d.data convert --format F --src S --out Dataset/NAME``.
+* :mod:`if3d.data.images` — the one image decoder (:func:`decode_image`) of the whole toolkit.
 * :class:`PairedDataset` — (photo, render, label, valence, arousal, has_va) uint8 samples.
 * :class:`PairedAugment` / :func:`normalize` — batched paired augmentation on any device.
 * :class:`ClassBalancedSampler` — inverse-frequency sampling, DDP-aware.
 * :class:`DataReport` — counted, named bad input.
 
-Submodules import torch/torchvision; ``converters`` is imported lazily by the CLI.
+The names below are imported on first use, so that the torch-free parts (the image decoder, the
+converters, the render batch, the data command line) start without loading torch.
 """
 
-from if3d.data.dataset import PairedDataset, load_image, read_image
-from if3d.data.layout import if3d_paths, read_classes
-from if3d.data.report import CorruptImageError, DataError, DataReport, LayoutError, MissingRenderError
-from if3d.data.sampler import ClassBalancedSampler
-from if3d.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, PairedAugment, normalize
+from __future__ import annotations
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "PRESETS",
-    "ClassBalancedSampler",
-    "CorruptImageError",
-    "DataError",
-    "DataReport",
-    "LayoutError",
-    "MissingRenderError",
-    "PairedAugment",
-    "PairedDataset",
-    "if3d_paths",
-    "load_image",
-    "normalize",
-    "read_classes",
-    "read_image",
-]
+import importlib
+
+_EXPORTS: dict[str, str] = {
+    "IMAGENET_MEAN": "if3d.data.transforms",
+    "IMAGENET_STD": "if3d.data.transforms",
+    "PRESETS": "if3d.data.transforms",
+    "ClassBalancedSampler": "if3d.data.sampler",
+    "CorruptImageError": "if3d.data.report",
+    "DataError": "if3d.data.report",
+    "DataReport": "if3d.data.report",
+    "LayoutError": "if3d.data.report",
+    "MissingRenderError": "if3d.data.report",
+    "PairedAugment": "if3d.data.transforms",
+    "PairedDataset": "if3d.data.dataset",
+    "decode_image": "if3d.data.images",
+    "if3d_paths": "if3d.data.layout",
+    "load_image": "if3d.data.dataset",
+    "normalize": "if3d.data.transforms",
+    "read_classes": "if3d.data.layout",
+    "read_image": "if3d.data.dataset",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

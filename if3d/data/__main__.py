@@ -4,6 +4,8 @@ Examples::
 
     python -m if3d.data convert --format fer2013-folders --src ../shared/data/fer2013 --out Dataset/fer2013
     python -m if3d.data convert --format ckplus --src ../shared/data/ckplus48 --out Dataset/ckplus --val-fraction 0.1
+    python -m if3d.data convert --format csv --src ../shared/data/wild/images --labels ../shared/data/wild/labels.csv \\
+        --out Dataset/wild
     python -m if3d.data check --root Dataset/fer2013 --split train --no-renders
     python -m if3d.data check --photo-root Dataset/affectnet_clean/train --render-root Dataset/affectnet_smirk/train \\
         --annotations Dataset/affectnet_annotations/train_set_annotation_without_lnd.csv
@@ -12,7 +14,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ def _add_convert(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--format", required=True, choices=list(FORMATS), help="source format")
-    p.add_argument("--src", required=True, help="source folder (or CSV file for fer2013-csv)")
+    p.add_argument("--src", required=True, help="source folder (or CSV file for fer2013-csv and csv)")
     p.add_argument("--out", required=True, help="output dataset root, e.g. Dataset/fer2013")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="validation share carved from train when the source has no validation split (0: none)")
@@ -44,8 +45,18 @@ def _add_convert(sub) -> None:
     p.add_argument("--link", choices=("hardlink", "copy", "symlink"), default="hardlink",
                    help="how unchanged images are placed (hardlink falls back to copy)")
     p.add_argument("--workers", type=int, default=1, help="processes for face detection/cropping")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out that an earlier conversion wrote (never a source, never a "
+                   "folder without the toolkit's marker)")
     p.add_argument("--quiet", action="store_true", help="do not print the count table and report")
+    g = p.add_argument_group("--format csv (an image folder and a CSV of image,label rows)")
+    g.add_argument("--labels", help="the label CSV when --src is the image folder (paths relative to --src); "
+                   "without it --src is the CSV (paths relative to its folder)")
+    g.add_argument("--image-column", help="image path column (default: detected: image, file, path, ...)")
+    g.add_argument("--label-column", help="class name column (default: detected: label, emotion, expression, class)")
+    g.add_argument("--split-column", help="optional split column (default: detected: split, usage, subset)")
+    g.add_argument("--class-map", help="extra class names: NAME=CANONICAL,... (e.g. 0=angry,1=disgust or "
+                   "joyful=happy); CANONICAL is any known spelling or an index 0..7")
     p.set_defaults(func=_run_convert)
 
 
@@ -54,7 +65,9 @@ def _run_convert(args) -> int:
 
     convert(args.format, args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
             overwrite=args.overwrite, align=args.align, split_by=args.split_by, link=args.link, size=args.size,
-            margin=args.margin, workers=args.workers, verbose=not args.quiet)
+            margin=args.margin, workers=args.workers, verbose=not args.quiet, labels=args.labels,
+            image_column=args.image_column, label_column=args.label_column, split_column=args.split_column,
+            class_map=args.class_map)
     return 0
 
 
@@ -97,9 +110,9 @@ def _run_check(args) -> int:
         else:
             print("check: give --root or --photo-root", file=sys.stderr)
             return 2
-    except (DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (DataError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     for ds in datasets:
         print(ds)
         print(ds.report.summary(max_paths=args.max_paths))
@@ -115,26 +128,23 @@ def _run_formats(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m if3d.data`` parser (``cache`` only when :mod:`if3d.data.cache` provides ``add_cli``)."""
+    """The ``python -m if3d.data`` parser (no torch is imported until ``cache`` or ``check`` runs)."""
     parser = argparse.ArgumentParser(prog="python -m if3d.data", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     _add_check(sub)
     sub.add_parser("formats", help="list the source formats").set_defaults(func=_run_formats)
-    try:
-        cache = importlib.import_module("if3d.data.cache")
-    except ImportError as e:
-        if getattr(e, "name", None) != "if3d.data.cache":
-            raise
-        cache = None
-    if cache is not None and hasattr(cache, "add_cli"):
-        cache.add_cli(sub)
+    from if3d.data.cache_cli import add_cli as add_cache
+
+    add_cache(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status: 0 done, 1 ``cache --check`` found a cache not valid, 2 bad
+    options or bad input, a refused or unwritable output (one line naming the file and the problem on
+    stderr, nothing half-written left), 130 interrupted."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     if argv is None:
@@ -146,9 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        # bad input, a refused or unwritable output, a file that cannot be read: one line naming it
+        # (ValueError covers DataError, OutputError, NotUtf8Error)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc``; an OSError without its own message gets its path and cause."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

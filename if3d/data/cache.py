@@ -33,7 +33,22 @@ Invalidation: the header stores a fingerprint of the source tree — relative pa
 and modification time (ns) of every file under ``photos/<split>/``, ``renders/<split>/``, of
 ``annotations/<split>.csv`` and ``classes.json``. Opening compares it with the tree on disk and
 refuses a stale cache with :class:`StaleCacheError` naming the added, removed and changed files
-(or rebuilds it when asked).
+and the exact command that rebuilds it (or rebuilds it when asked). A symbolic link loop in the
+tree is a :class:`~if3d.data.report.DataError` naming the link.
+
+What the fingerprint cannot see: a file whose content is replaced while its size *and* its
+modification time stay the same (a copy with ``cp -p``/``rsync -t`` of another file of equal size,
+``touch -r``, a restore from an archive). This is the same quick check as ``make`` and ``rsync``, and
+a deliberate trade-off: it costs one ``stat`` per file when training starts, where a content check
+would read every photo and render again (the work the cache exists to avoid), and the inode change
+time, the other cheap signal, also changes when a hard link to the file is made or removed, which
+the converters do to the source images, so it would reject valid caches. After replacing files that
+way, rebuild with ``--rebuild``.
+
+Where the cache may be written is decided by :mod:`if3d.outputs`: never inside the files it is
+built from, and an existing file at the cache path is only replaced when it is an If3D cache. A
+cache that cannot be written (read-only folder, full disk; the space is reserved before writing)
+raises :class:`~if3d.outputs.OutputError` naming it.
 
 Atomicity: a cache is written to a temporary file in the same folder and moved into place with
 ``os.replace`` after an ``fsync``; the magic bytes are written last. An interrupted build leaves at
@@ -43,9 +58,11 @@ most a temporary file (:mod:`if3d.atomic`), which is never opened (and is remove
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import shlex
 import struct
 import sys
 import time
@@ -59,6 +76,9 @@ import torch
 from torch.utils.data import Dataset
 
 from if3d.atomic import atomic_write, remove_stale_temporaries
+from if3d.data.cache_cli import add_cli
+from if3d.data.report import DataError
+from if3d.outputs import OutputError, check_apart, write_error
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +133,11 @@ def fingerprint(root: str | os.PathLike, split: str, photo_only: bool = False) -
 
     Walks ``photos/<split>/``, ``renders/<split>/`` recursively (every file, hidden ones
     excluded) and stats ``annotations/<split>.csv`` and ``classes.json``. Cost: one ``stat``
-    per file (about 0.2 s for FER2013's 57k train files).
+    per file (about 0.2 s for FER2013's 57k train files). Symbolically linked folders are followed.
+
+    Raises:
+        DataError: a symbolic link loop (a link to itself, or a folder link leading back to a folder
+            it is in) or an unreadable folder; the message names the link or folder.
     """
     root = Path(root)
     out: dict[str, list[int]] = {}
@@ -121,26 +145,46 @@ def fingerprint(root: str | os.PathLike, split: str, photo_only: bool = False) -
     def add(path: Path, st: os.stat_result) -> None:
         out[path.relative_to(root).as_posix()] = [int(st.st_size), int(st.st_mtime_ns)]
 
-    def walk(folder: Path) -> None:
+    def walk(folder: Path, ancestors: dict[tuple[int, int], Path]) -> None:
         try:
-            entries = list(os.scandir(folder))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except FileNotFoundError:
             return
+        except OSError as e:
+            raise _tree_error(folder, e) from None
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir(follow_symlinks=True):
-                walk(Path(entry.path))
-            elif entry.is_file(follow_symlinks=True):
-                add(Path(entry.path), entry.stat(follow_symlinks=True))
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    st = entry.stat(follow_symlinks=True)
+                    key = (st.st_dev, st.st_ino)
+                    if key in ancestors:
+                        raise DataError(f"{entry.path}: symbolic link loop (leads back to {ancestors[key]}); "
+                                        "remove or fix the link")
+                    walk(Path(entry.path), {**ancestors, key: Path(entry.path)})
+                elif entry.is_file(follow_symlinks=True):
+                    add(Path(entry.path), entry.stat(follow_symlinks=True))
+            except OSError as e:
+                raise _tree_error(Path(entry.path), e) from None
 
     for rel in source_files(root, split, photo_only):
         p = root / rel
-        if p.is_dir():
-            walk(p)
-        elif p.is_file():
-            add(p, p.stat())
+        try:
+            if p.is_dir():
+                st = p.stat()
+                walk(p, {(st.st_dev, st.st_ino): p})
+            elif p.is_file():
+                add(p, p.stat())
+        except OSError as e:
+            raise _tree_error(p, e) from None
     return out
+
+
+def _tree_error(path: Path, exc: OSError) -> DataError:
+    if exc.errno == errno.ELOOP:
+        return DataError(f"{path}: symbolic link loop (too many levels of symbolic links); remove or fix the link")
+    return DataError(f"{path}: cannot read: {exc.strerror or exc}")
 
 
 @dataclass
@@ -188,13 +232,23 @@ def cache_path(
     return folder / f"{split}-s{int(size)}{'-photo' if photo_only else ''}{SUFFIX}"
 
 
-def _rebuild_hint(root: Path, split: str, size: int, photo_only: bool, cache_dir: Path | None) -> str:
-    cmd = f"python -m if3d.data cache --data {root} --split {split} --size {size}"
+def _rebuild_hint(root: Path, split: str, size: int, photo_only: bool, cache_dir: Path | None,
+                  dataset_kwargs: dict[str, Any] | None = None) -> str:
+    """The ``python -m if3d.data cache`` command that rebuilds this cache with the settings it was built
+    with (so that the rebuilt cache is the one that was asked for)."""
+    kw = dict(dataset_kwargs or {})
+    cmd = ["python", "-m", "if3d.data", "cache", "--data", str(root), "--split", split, "--size", str(size)]
     if photo_only:
-        cmd += " --photo-only"
+        cmd.append("--photo-only")
+    if kw.pop("skip_missing_renders", False):
+        cmd.append("--skip-missing-renders")
     if cache_dir is not None:
-        cmd += f" --cache-dir {cache_dir}"
-    return cmd + " --rebuild"
+        cmd += ["--cache-dir", str(cache_dir)]
+    cmd.append("--rebuild")
+    hint = shlex.join(cmd)
+    if kw:  # options the command line does not have: build_cache(..., dataset_kwargs=...) takes them
+        hint += f" (or build_cache() with dataset_kwargs={kw!r})"
+    return hint
 
 
 # ----------------------------------------------------------------------------- source dataset
@@ -292,6 +346,7 @@ def write_cache(
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.truncate(header_offset)
+            _reserve(f.fileno(), header_offset)
         arrays = {
             name: np.memmap(tmp, dtype=spec["dtype"], mode="r+", offset=spec["offset"], shape=tuple(spec["shape"]))
             for name, spec in layout.items()
@@ -333,6 +388,27 @@ def write_cache(
     return atomic_write(path, write, fsync=True)
 
 
+def _reserve(fd: int, nbytes: int) -> None:
+    """Allocate the file's blocks now, so that a full disk is an ``OSError`` (ENOSPC) here and not a
+    SIGBUS when the memory map is written (file systems without ``fallocate`` are left sparse)."""
+    if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
+def _is_cache_file(path: Path) -> bool:
+    """Whether ``path`` starts with the cache magic (an If3D cache, possibly damaged)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def build_cache(
     root: str | os.PathLike,
     split: str,
@@ -365,6 +441,10 @@ def build_cache(
         Path of the cache file.
 
     Raises:
+        OutputError: the cache path is inside the source files, an existing file there is not an If3D
+            cache, or the cache cannot be written (read-only, full disk); the message names the path.
+        DataError: a symbolic link loop or unreadable folder in the source tree (names it).
+        CacheError: the source tree changed during the build.
         Whatever ``PairedDataset`` raises for a bad tree (missing folders, unreadable files);
         no cache file is left behind in that case.
     """
@@ -374,7 +454,14 @@ def build_cache(
     dataset_kwargs = {k: v for k, v in dict(dataset_kwargs or {}).items()
                       if not (k == "skip_missing_renders" and not v)}  # False is the default: same samples
     path = cache_path(root, split, size, photo_only=photo_only, cache_dir=cache_dir)
-    remove_stale_temporaries(path.parent)  # leftovers of an interrupted build whose process died
+    check_apart(path, [root / rel for rel in source_files(root, split, photo_only)], what="cache file")
+    if os.path.lexists(path) and not _is_cache_file(path):
+        raise OutputError(f"{path}: refused: the file exists and is not an If3D cache, so it is not replaced; "
+                          "move it away or choose another --cache-dir", path)
+    try:
+        remove_stale_temporaries(path.parent)  # leftovers of an interrupted build whose process died
+    except OSError as e:
+        raise write_error(path.parent, e) from None
     if not rebuild and path.exists():
         try:
             _check(path, root, split, size, photo_only, cache_dir, dataset_kwargs)
@@ -404,7 +491,10 @@ def build_cache(
         "render_relpaths": renders,
         "fingerprint": fp_before,
     }
-    write_cache(path, it, n, size, has_render=not photo_only, meta=meta)
+    try:
+        write_cache(path, it, n, size, has_render=not photo_only, meta=meta)
+    except OSError as e:
+        raise write_error(path, e) from None
     fp_after = fingerprint(root, split, photo_only)
     diff = compare_fingerprints(fp_before, fp_after)
     if diff:
@@ -484,7 +574,8 @@ def _check(path: Path, root: Path, split: str, size: int, photo_only: bool, cach
     diff = compare_fingerprints(header["fingerprint"], fingerprint(root, split, photo_only))
     if diff:
         raise StaleCacheError(path, diff, _rebuild_hint(root, split, size, photo_only,
-                                                        None if cache_dir is None else Path(cache_dir)))
+                                                        None if cache_dir is None else Path(cache_dir),
+                                                        dataset_kwargs))
     return header
 
 
@@ -671,33 +762,6 @@ def open_cache_if_valid(
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``cache`` subcommand of ``python -m if3d.data``.
-
-    ``python -m if3d.data cache --data ROOT --split train [--split test] --size 112
-    [--photo-only] [--cache-dir DIR] [--workers N] [--rebuild] [--check]``
-    """
-    p = subparsers.add_parser(
-        "cache",
-        help="pre-decode a split into a memory-mapped uint8 cache used by training",
-        description="Decode every photo (and render) of a split once, resized to the training "
-        "resolution, into <ROOT>/cache/<split>-s<size>.if3dcache. Training uses it when present; "
-        "it is refused when the source files change (rebuild with --rebuild).",
-    )
-    p.add_argument("--data", required=True, help="dataset root in the canonical layout")
-    p.add_argument("--split", action="append", required=True, help="split name (repeatable)")
-    p.add_argument("--size", type=int, default=112, help="image side in pixels (default 112)")
-    p.add_argument("--photo-only", action="store_true", help="cache photos only (no renders)")
-    p.add_argument("--skip-missing-renders", action="store_true",
-                   help="skip (and count) photos without a render, as training with --skip-missing-renders")
-    p.add_argument("--cache-dir", default=None, help="where to write caches (default ROOT/cache)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding worker processes")
-    p.add_argument("--rebuild", action="store_true", help="rebuild even when the cache is up to date")
-    p.add_argument("--check", action="store_true", help="only check whether the caches are valid (exit 1 if not)")
-    p.set_defaults(func=main)
-    return p
 
 
 def main(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from if3d.classes import AFFECTNET8, class_names_for
+from if3d.data.images import decode_image
 from if3d.data.layout import (
     RENDER_SIDE_EXTENSIONS,
     annotations_path,
@@ -62,7 +63,8 @@ _RENDER_EXT_PRIORITY = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff
 
 
 def read_image(path: str | os.PathLike, min_size: int | None = None) -> torch.Tensor:
-    """Decode an image file to RGB with Pillow (libjpeg-turbo, libpng, libtiff, ...).
+    """Decode an image file to an RGB tensor with the toolkit's one decoder
+    (:func:`if3d.data.images.decode_image`: 8/16-bit, grey/RGB/RGBA/palette, EXIF orientation not applied).
 
     Args:
         path: any image file Pillow reads (JPEG, PNG, BMP, TIFF, WebP, GIF...).
@@ -78,27 +80,7 @@ def read_image(path: str | os.PathLike, min_size: int | None = None) -> torch.Te
         CorruptImageError: the file is missing, empty, truncated, corrupt or not an image; the message
             names it.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if min_size is not None and im.format == "JPEG":
-                im.draft("RGB", (min_size, min_size))
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                peak = 65535.0 if im.mode != "I" else max(float(arr.max()), 1.0)
-                arr = np.clip(np.rint(arr / peak * 255.0), 0, 255).astype(np.uint8)
-                arr = np.repeat(arr[:, :, None], 3, axis=2)
-            else:
-                arr = np.array(im.convert("RGB") if im.mode != "RGB" else im)
-    except FileNotFoundError as e:
-        raise CorruptImageError(f"{path}: file not found") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        what = "empty file" if path.is_file() and path.stat().st_size == 0 else f"cannot decode image ({e})"
-        raise CorruptImageError(f"{path}: {what}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_image(path, min_size=min_size)).permute(2, 0, 1).contiguous()
 
 
 def load_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:

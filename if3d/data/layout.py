@@ -31,6 +31,7 @@ from pathlib import Path
 
 from if3d.atomic import atomic_write_json, atomic_write_text
 from if3d.data.report import DataReport, LayoutError
+from if3d.data.textfiles import open_text
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -40,8 +41,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 RENDER_SIDE_EXTENSIONS: frozenset[str] = frozenset({".npz", ".csv", ".json", ".txt", ".log"})
 """By-products of the render batch (parameters, manifest) that live in render trees; not reported."""
 
-IGNORED_NAMES: frozenset[str] = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
-"""Operating-system clutter that is skipped without a report."""
+IGNORED_NAMES: frozenset[str] = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".if3d-output.json"})
+"""Operating-system clutter, and the toolkit's output marker (``if3d.outputs.MARKER_NAME``), skipped
+without a report."""
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Canonical split names."""
@@ -226,11 +228,12 @@ def read_annotations(path: str | os.PathLike, report: DataReport) -> Annotations
 
     Raises:
         LayoutError: the file is missing or has neither column set.
+        NotUtf8Error: the file is not UTF-8 text (a :class:`DataError` naming the file and line).
     """
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: annotation CSV not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path, "annotation CSV") as f:
         reader = csv.DictReader(f)
         columns = tuple(c.strip() for c in (reader.fieldnames or ()))
         reader.fieldnames = list(columns)

@@ -36,6 +36,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "missing_source_image": "label row whose image file is missing in the source; skipped",
     "unlabelled_image": "source image without a label (e.g. an unlabelled test set); skipped",
     "bad_label_row": "unparsable row in a label file; skipped",
+    "duplicate_label_row": "image listed more than once in a label file; the first row is used",
     "bad_box": "face box outside the image or empty; skipped",
     "no_face": "no face found by the MediaPipe landmarker; skipped",
     "vote_unknown": "FERPlus: majority vote is 'unknown'; dropped",
@@ -51,7 +52,19 @@ class DataError(ValueError):
 
 
 class CorruptImageError(DataError):
-    """An image file cannot be decoded (corrupt, truncated, empty or not an image)."""
+    """An image file cannot be decoded (corrupt, truncated, empty, unreadable or not an image).
+
+    The message is ``"<path>: <problem>"``; the attributes ``path`` (str or None) and ``problem``
+    (the part after the path) give the two halves.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem if problem is not None else message.split(": ", 1)[-1]
+
+    def __reduce__(self):  # keep path and problem across process pools
+        return (type(self), (str(self), self.path, self.problem))
 
 
 class MissingRenderError(DataError):

@@ -28,7 +28,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--output (<stem>.png render, <stem>.npz parameters, manifest.csv). Resumable.",
     )
     p.add_argument("--input", required=True, help="folder of photos (every file under it is an input)")
-    p.add_argument("--output", required=True, help="folder for renders, parameter files and manifest.csv")
+    p.add_argument("--output", required=True,
+                   help="folder for renders, parameter files and manifest.csv: new, empty, or an earlier output "
+                   "of this command")
     p.add_argument("--backend", choices=list_backends(), default="mediapipe",
                    help="3D backend: mediapipe (offline, default) or smirk (needs the SMIRK checkpoint and FLAME)")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (default 224)")
@@ -37,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--framing", choices=FRAMINGS, default="photo",
                    help="photo: render pixel-aligned with the photo resized to size x size (default); "
                    "smirk-crop: SMIRK's landmark-box crop")
-    p.add_argument("--overwrite", action="store_true", help="redo inputs that an earlier run finished")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo inputs that an earlier run finished (changed inputs are always redone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     smirk = p.add_argument_group("SMIRK backend")
     smirk.add_argument("--smirk-checkpoint", help="path to SMIRK_em1.pt")
@@ -48,7 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the batch render; returns the process exit code (0 done, 2 bad arguments or setup, 130 interrupted)."""
+    """Run the batch render; returns the process exit code: 0 done, 2 bad arguments or setup (an output
+    folder that is refused or cannot be written, an unreadable manifest, a missing backend file; one
+    line naming the file on stderr), 130 interrupted."""
     from if3d.render.batch import render_tree
 
     parser = get_args_parser()
@@ -68,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             framing=args.framing, overwrite=args.overwrite, backend_kwargs=backend_kwargs,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        # ValueError includes OutputError (output refused or not writable) and an unreadable manifest;
         # UnpicklingError: a weight file refused by the allow-list loaders (names the global).
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            exc = f"{exc.filename}: {exc.strerror}"
         print(f"Smirk_batch_Render.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

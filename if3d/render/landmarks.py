@@ -13,7 +13,14 @@ mapped back to the pixels of the image that was passed in.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -21,6 +28,54 @@ import numpy as np
 
 NUM_LANDMARKS = 478
 """468 face-mesh points + 10 iris points (468-472 one iris centre + 4 contour, 473-477 the other)."""
+
+
+_NATIVE_NOISE = re.compile(
+    rb"^(?:[IW]\d{4} \d+:\d+:\d+\.\d+ +\d+ [\w.-]+:\d+\] "  # absl/glog INFO and WARNING lines
+    rb"|INFO: Created TensorFlow Lite"  # TFLite's delegate notice
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+)
+_NATIVE_LOCK = threading.Lock()
+
+
+@contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Drop MediaPipe's C++ INFO and WARNING lines while the block runs, pass on everything else.
+
+    MediaPipe's C++ side (absl logging, TensorFlow Lite) writes straight to file descriptor 2 when a
+    FaceMesh graph starts (``inference_feedback_manager.cc ... Disabling support for feedback
+    tensors``, ``Created TensorFlow Lite XNNPACK delegate``), once per graph and process, which filled
+    every render and alignment log; its logging ignores ``GLOG_minloglevel`` and
+    ``TF_CPP_MIN_LOG_LEVEL``. While the block runs, descriptor 2 goes to a temporary file; afterwards
+    the lines that match those INFO/WARNING formats are dropped and every other line (C++ errors,
+    anything written by Python meanwhile) is written to the real stderr. ``IF3D_NATIVE_LOGS=1`` keeps
+    everything.
+    """
+    if os.environ.get("IF3D_NATIVE_LOGS") == "1":
+        yield
+        return
+    with _NATIVE_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to filter
+            yield
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                kept = [line for line in tmp.read().splitlines(keepends=True) if not _NATIVE_NOISE.match(line)]
+                if kept:
+                    os.write(2, b"".join(kept))
 
 
 @dataclass(frozen=True)
@@ -49,6 +104,7 @@ class FaceLandmarker:
     One instance holds one FaceMesh graph per distinct detector confidence; create one per process
     (it is not safe to share between threads) and reuse it. Use ``close()`` or a ``with`` block to
     free the graphs.
+    MediaPipe's C++ INFO/WARNING log lines are kept out of stderr (:func:`quiet_native_logs`).
     """
 
     def __init__(
@@ -67,14 +123,15 @@ class FaceLandmarker:
     def _mesh(self, confidence: float):
         mesh = self._meshes.get(confidence)
         if mesh is None:
-            from mediapipe.python.solutions import face_mesh
+            with quiet_native_logs():
+                from mediapipe.python.solutions import face_mesh
 
-            mesh = face_mesh.FaceMesh(
-                static_image_mode=True,
-                max_num_faces=1,
-                refine_landmarks=True,
-                min_detection_confidence=confidence,
-            )
+                mesh = face_mesh.FaceMesh(
+                    static_image_mode=True,
+                    max_num_faces=1,
+                    refine_landmarks=True,
+                    min_detection_confidence=confidence,
+                )
             self._meshes[confidence] = mesh
         return mesh
 
@@ -113,7 +170,7 @@ class FaceLandmarker:
             if border > 0:
                 padded = cv2.copyMakeBorder(work, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
             mesh = self._mesh(attempt.min_detection_confidence)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), quiet_native_logs():
                 # mediapipe 0.10 calls a protobuf API deprecated in protobuf >= 4.21 on every image.
                 warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
                 result = mesh.process(np.ascontiguousarray(padded))

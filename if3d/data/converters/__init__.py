@@ -3,9 +3,11 @@
 Every converter maps the source's class names onto the canonical AffectNet order (if3d.classes),
 keeps the official train/val/test split where the source has one, carves a stratified, seeded
 validation split from train where it has none, prints a per-split, per-class count table (also written
-to ``<out>/counts.json``) and counts every skipped source item in ``<out>/report.json``. Output is
-written atomically (a temporary folder renamed into place); a non-empty ``--out`` is refused without
-``--overwrite``.
+to ``<out>/counts.json``) and counts every skipped source item in ``<out>/report.json``; every image
+is decoded once on the way (one that does not decode is a counted ``corrupt_image``, never written).
+Output is written atomically (a temporary folder renamed into place) and marked as the toolkit's
+(:data:`if3d.outputs.MARKER_NAME`); ``--overwrite`` replaces only such a folder, and never one that is,
+contains or is inside the source (:mod:`if3d.outputs`).
 
 ==================  ========================================================  ===============  ========
 format              source                                                    splits           faces
@@ -20,6 +22,7 @@ ckplus              <class>/S<subject>_<seq>_<frame>.png                       c
 jaffe               <subj>.<EXPR><n>.<id>.tiff                                 carved (subject) align
 affectnet           training.csv/validation.csv + images, or train_set/val_set   train/val        box
 folders             [<split>/]<class>/<image>                                  kept / carved    as is
+csv                 image folder + CSV of image,label[,split] (--labels)      column / carved  as is
 ==================  ========================================================  ===============  ========
 
 "align" = MediaPipe face detection and eye-levelled alignment (``--align none|detect`` overrides).
@@ -36,14 +39,15 @@ from if3d.data.converters.base import (
     SourceItem,
     SourceScan,
     WriteOptions,
-    check_output_folder,
     format_counts,
     write_dataset,
 )
+from if3d.data.converters.csvlabels import scan_csv
 from if3d.data.converters.expw import scan_expw
 from if3d.data.converters.fer import scan_fer2013_csv, scan_fer2013_folders, scan_ferplus
 from if3d.data.converters.folders import scan_ckplus, scan_folders, scan_jaffe, scan_sfew
 from if3d.data.converters.rafdb import scan_rafdb
+from if3d.outputs import check_replaceable
 
 # format -> (scanner, default alignment, one-line description)
 FORMATS: dict[str, tuple[Callable[..., SourceScan], str, str]] = {
@@ -57,16 +61,22 @@ FORMATS: dict[str, tuple[Callable[..., SourceScan], str, str]] = {
     "jaffe": (scan_jaffe, "detect", "JAFFE (KA.HA1.29.tiff file names)"),
     "affectnet": (scan_affectnet, "none", "AffectNet (training/validation.csv, or train_set/val_set npy)"),
     "folders": (scan_folders, "none", "any [<split>/]<class>/<image> tree"),
+    "csv": (scan_csv, "none", "image folder + CSV of image,label rows (--labels), or --src CSV"),
 }
 
+CSV_OPTIONS = ("labels", "image_column", "label_column", "split_column", "class_map")
+"""Options of the ``csv`` format only (``--labels``, ``--image-column``, ...)."""
 
-def scan(fmt: str, src: str | os.PathLike, align: str | None = None) -> SourceScan:
+
+def scan(fmt: str, src: str | os.PathLike, align: str | None = None, **options) -> SourceScan:
     """Read a source dataset without writing anything.
 
     Args:
         fmt: a key of :data:`FORMATS`.
         src: the source folder (or file, for CSV formats).
         align: ``"none"``, ``"detect"`` or ``None`` (the format's default).
+        **options: the ``csv`` format's :data:`CSV_OPTIONS` (``labels``, ``image_column``,
+            ``label_column``, ``split_column``, ``class_map``); None values are ignored.
 
     Raises:
         ValueError: unknown format or alignment mode.
@@ -79,10 +89,17 @@ def scan(fmt: str, src: str | os.PathLike, align: str | None = None) -> SourceSc
     align = default_align if align in (None, "auto") else align
     if align not in ("none", "detect"):
         raise ValueError(f"align must be 'none', 'detect' or 'auto', got {align!r}")
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = set(options) - set(CSV_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown converter option(s) {', '.join(sorted(unknown))}")
+    if options and fmt != "csv":
+        given = ", ".join("--" + k.replace("_", "-") for k in options)
+        raise ValueError(f"{given} only apply to --format csv")
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: source not found")
-    return scanner(src, align=align)
+    return scanner(src, align=align, **options)
 
 
 def convert(
@@ -100,6 +117,7 @@ def convert(
     margin: float = 0.25,
     workers: int = 1,
     verbose: bool = True,
+    **options,
 ) -> dict:
     """Convert a source dataset into the canonical layout at ``out``.
 
@@ -108,32 +126,41 @@ def convert(
         src: source folder or file.
         out: output dataset root (e.g. ``Dataset/fer2013``).
         val_fraction, seed: the carved validation split (sources without an official one; 0 = none).
-        overwrite: replace a non-empty ``out``.
+        overwrite: replace a non-empty ``out`` that an earlier conversion wrote (it holds the toolkit's
+            marker file); any other folder is never deleted.
         align: ``"none"``/``"detect"``/``None`` (format default) for face detection and alignment.
         split_by: ``"subject"`` (carve validation by subject/source image where the format knows it:
             CK+, JAFFE, ExpW) or ``"sample"``.
         link: how unchanged images are placed: ``"hardlink"`` (copy when impossible), ``"copy"``, ``"symlink"``.
         size, margin: side (pixels) and margin of aligned faces.
-        workers: processes for face detection/cropping.
+        workers: processes for face detection/cropping (threads for linking and checking images).
         verbose: print the count table and the report summary.
+        **options: options of the ``csv`` format (:data:`CSV_OPTIONS`): ``labels`` (the label CSV when
+            ``src`` is the image folder), ``image_column``, ``label_column``, ``split_column``,
+            ``class_map`` (``"NAME=CANONICAL,..."``).
 
     Returns:
         the ``counts.json`` dict (``classes``, ``splits`` -> class -> count, ``totals``, ``split_note``,
         ``skipped``).
 
     Raises:
-        FileExistsError: ``out`` is not empty and ``overwrite`` is False.
+        OutputError: ``out`` is, contains or is inside the source; is a file; is a non-empty folder that
+            the toolkit did not write (no :data:`if3d.outputs.MARKER_NAME`, so ``overwrite`` never deletes
+            it); or cannot be written (read-only, full disk). The message names the path.
+        FileExistsError: ``out`` is a non-empty dataset and ``overwrite`` is False.
+        DataError: nothing could be written, or a label file is unreadable (e.g. not UTF-8).
         plus those of :func:`scan`.
     """
     if split_by not in ("subject", "sample"):
         raise ValueError(f"split_by must be 'subject' or 'sample', got {split_by!r}")
     if link not in ("hardlink", "copy", "symlink"):
         raise ValueError(f"link must be 'hardlink', 'copy' or 'symlink', got {link!r}")
-    check_output_folder(Path(out), overwrite)  # fail before a long scan
-    source = scan(fmt, src, align)
+    sources = [src, options.get("labels")]
+    check_replaceable(out, "dataset", sources, overwrite)  # fail before a long scan
+    source = scan(fmt, src, align, **options)
     opts = WriteOptions(val_fraction=val_fraction, seed=seed, group_split=split_by == "subject",
                         overwrite=overwrite, link=link, size=size, margin=margin, workers=workers, verbose=verbose)
-    return write_dataset(source, out, opts, fmt=fmt, src=src)
+    return write_dataset(source, out, opts, fmt=fmt, src=src, sources=sources)
 
 
-__all__ = ["FORMATS", "SourceItem", "SourceScan", "WriteOptions", "convert", "format_counts", "scan", "write_dataset"]
+__all__ = ["CSV_OPTIONS", "FORMATS", "SourceItem", "SourceScan", "WriteOptions", "convert", "format_counts", "scan", "write_dataset"]

@@ -28,6 +28,7 @@ import numpy as np
 from if3d.classes import AFFECTNET8
 from if3d.data.converters.base import SourceItem, SourceScan, find_file, list_images
 from if3d.data.report import DataError, DataReport
+from if3d.data.textfiles import open_text
 
 _CSV_SPLITS = (("training.csv", "train"), ("validation.csv", "val"))
 _NPY_SPLITS = (("train_set", "train"), ("val_set", "val"))
@@ -65,7 +66,7 @@ def _scan_csv(src: Path, report: DataReport, detect: bool) -> list[SourceItem]:
                            if d != "." and (csv_path.parent / d).is_dir()), None)
         if image_root is None:
             image_root = next((src / d for d in _IMAGE_DIRS if d != "." and (src / d).is_dir()), src)
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open_text(csv_path, "AffectNet CSV") as f:
             reader = csv.DictReader(f)
             need = {"subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression",
                     "valence", "arousal"}

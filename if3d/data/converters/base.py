@@ -8,7 +8,13 @@ only when everything is written (so an interrupted conversion never leaves a hal
 
 Files that need no change are hard-linked (falling back to a copy across file systems), so already
 aligned datasets convert in seconds; pixel arrays (FER2013's CSV) are written as PNG; crops and aligned
-faces as JPEG (quality 95).
+faces as JPEG (quality 95). Every image is decoded once on the way (:func:`if3d.data.images.verify_image`):
+a source that does not decode is a counted ``corrupt_image`` and is never placed in the output.
+
+Where the output may go is decided by :mod:`if3d.outputs`: never onto, around or inside the source,
+and ``--overwrite`` replaces only a folder holding the toolkit's dataset marker. A write that fails
+(read-only, full disk) raises :class:`~if3d.outputs.OutputError` naming the file, after the temporary
+folder was removed.
 """
 
 from __future__ import annotations
@@ -19,14 +25,15 @@ import os
 import shutil
 import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from if3d.atomic import atomic_write_json
+from if3d.atomic import atomic_copy, atomic_write_bytes, atomic_write_json
+from if3d.data.images import decode_image, verify_image
 from if3d.data.layout import (
     COUNTS_FILE,
     IGNORED_NAMES,
@@ -39,6 +46,8 @@ from if3d.data.layout import (
     write_classes,
 )
 from if3d.data.report import CorruptImageError, DataError, DataReport
+from if3d.data.textfiles import open_text
+from if3d.outputs import check_replaceable, is_fatal_write_error, replace_dir, write_error, write_marker
 
 JPEG_QUALITY = 95
 
@@ -190,17 +199,17 @@ def _landmarker():
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from if3d.data.dataset import read_image
-
-    return read_image(path).permute(1, 2, 0).numpy()
+    return decode_image(path)
 
 
 def _encode(path: Path, rgb: np.ndarray) -> None:
-    """Write ``rgb`` (uint8 [H, W] or [H, W, 3] RGB) to ``path`` (format from its extension)."""
+    """Write ``rgb`` (uint8 [H, W] or [H, W, 3] RGB) to ``path`` (format from its extension), atomically."""
     img = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    if not cv2.imwrite(str(path), img, params):
-        raise OSError(f"{path}: cv2.imwrite failed")
+    ok, buf = cv2.imencode(path.suffix.lower(), img, params)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode a {img.shape} image as {path.suffix}")
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _place(src: Path, dest: Path, link: str) -> None:
@@ -214,50 +223,80 @@ def _place(src: Path, dest: Path, link: str) -> None:
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
                 raise
-    shutil.copyfile(src, dest)
+    atomic_copy(src, dest)
 
 
 def process_item(item: SourceItem, dest: Path, link: str, size: int, margin: float) -> tuple[str, str] | None:
-    """Write one item to ``dest``; returns ``None`` on success or ``(problem kind, detail)``."""
-    from if3d.data.converters.align import align_face, detect_landmarks, enlarge_box
+    """Write one item to ``dest`` and check that what was written decodes.
 
+    A source image placed unchanged (linked or copied) is decoded first and never placed when it does
+    not decode; an image the converter encodes (pixels, crops, aligned faces) is decoded after writing
+    and removed when it does not.
+
+    Returns:
+        ``None`` on success, else ``(problem kind, detail)`` (nothing is left at ``dest``).
+
+    Raises:
+        OutputError: ``dest`` cannot be written (full disk, read-only, no permission); names ``dest``.
+    """
     try:
-        if item.pixels is not None:
-            _encode(dest, item.pixels)
-            return None
-        if item.box is None and not item.align:
+        if item.pixels is None and item.box is None and not item.align:
+            verify_image(item.source)
             _place(item.source, dest, link)
             return None
-        rgb = _read_rgb(item.source)
-        h, w = rgb.shape[:2]
-        if item.box is not None:
-            left, top, right, bottom = item.box
-            left, top = max(0.0, left), max(0.0, top)
-            right, bottom = min(float(w), right), min(float(h), bottom)
-            if right - left < 2 or bottom - top < 2:
-                return "bad_box", f"box {item.box} outside the {w}x{h} image"
-        if not item.align:
-            crop = rgb[int(round(top)):int(round(bottom)), int(round(left)):int(round(right))]
-            _encode(dest, np.ascontiguousarray(crop))
-            return None
-        # detect in the (enlarged) box, then align in the full image
-        x0, y0 = 0, 0
-        region = rgb
-        if item.box is not None:
-            x0, y0, x1, y1 = enlarge_box((left, top, right, bottom), 0.5, w, h)
-            region = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        landmarks = detect_landmarks(_landmarker(), region)
-        if landmarks is None:
-            return "no_face", "MediaPipe found no face"
-        landmarks = landmarks.copy()
-        landmarks[:, 0] += x0
-        landmarks[:, 1] += y0
-        _encode(dest, align_face(rgb, landmarks, size, margin))
-        return None
+        problem = _encode_item(item, dest, size, margin)
+        if problem is None:
+            try:
+                verify_image(dest)
+            except CorruptImageError as e:
+                dest.unlink(missing_ok=True)
+                return "corrupt_image", f"written as {dest.name} but does not decode: {e.problem}"
+        return problem
     except CorruptImageError as e:
-        return "corrupt_image", str(e).split(": ", 1)[-1]
+        if e.problem == "file not found":
+            return "missing_source_image", str(e)
+        return "corrupt_image", e.problem
     except FileNotFoundError as e:
         return "missing_source_image", str(e)
+    except OSError as e:
+        if is_fatal_write_error(e):
+            raise write_error(dest, e) from None
+        raise
+
+
+def _encode_item(item: SourceItem, dest: Path, size: int, margin: float) -> tuple[str, str] | None:
+    """Write a pixel array, a crop or an aligned face to ``dest``; ``None`` or ``(problem kind, detail)``."""
+    from if3d.data.converters.align import align_face, detect_landmarks, enlarge_box
+
+    if item.pixels is not None:
+        _encode(dest, item.pixels)
+        return None
+    rgb = _read_rgb(item.source)
+    h, w = rgb.shape[:2]
+    if item.box is not None:
+        left, top, right, bottom = item.box
+        left, top = max(0.0, left), max(0.0, top)
+        right, bottom = min(float(w), right), min(float(h), bottom)
+        if right - left < 2 or bottom - top < 2:
+            return "bad_box", f"box {item.box} outside the {w}x{h} image"
+    if not item.align:
+        crop = rgb[int(round(top)):int(round(bottom)), int(round(left)):int(round(right))]
+        _encode(dest, np.ascontiguousarray(crop))
+        return None
+    # detect in the (enlarged) box, then align in the full image
+    x0, y0 = 0, 0
+    region = rgb
+    if item.box is not None:
+        x0, y0, x1, y1 = enlarge_box((left, top, right, bottom), 0.5, w, h)
+        region = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    landmarks = detect_landmarks(_landmarker(), region)
+    if landmarks is None:
+        return "no_face", "MediaPipe found no face"
+    landmarks = landmarks.copy()
+    landmarks[:, 0] += x0
+    landmarks[:, 1] += y0
+    _encode(dest, align_face(rgb, landmarks, size, margin))
+    return None
 
 
 def _process_star(args):
@@ -268,38 +307,41 @@ def _process_star(args):
 # the writer
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Raise FileExistsError when ``out`` is a file, or a non-empty folder and not ``overwrite``."""
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
-
-
 def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, fmt: str = "",
-                  src: str | os.PathLike = "") -> dict:
+                  src: str | os.PathLike = "", sources: list[str | os.PathLike] | None = None) -> dict:
     """Write ``scan`` as a canonical dataset at ``out`` (atomically) and return the counts dict.
 
-    Writes ``photos/<split>/<label>/<name>``, ``annotations/<split>.csv`` (when items carry valence and
-    arousal), ``classes.json``, ``counts.json`` (the count table and how the splits were made) and
-    ``report.json`` (every skipped source item, by kind).
+    Writes ``photos/<split>/<label>/<name>`` (every image decoded once: one that does not decode is a
+    counted ``corrupt_image`` and is not written), ``annotations/<split>.csv`` (when items carry valence
+    and arousal), ``classes.json``, ``counts.json`` (the count table and how the splits were made),
+    ``report.json`` (every skipped source item, by kind) and the toolkit's output marker
+    (:data:`if3d.outputs.MARKER_NAME`). Everything goes into a temporary folder next to ``out`` that is
+    renamed into place at the end; on any failure it is removed and ``out`` is left as it was.
+
+    Args:
+        sources: the source paths ``out`` must stay apart from (default: ``[src]``).
 
     Raises:
-        FileExistsError: ``out`` is a non-empty folder and ``opts.overwrite`` is False.
+        OutputError: ``out`` overlaps a source, is a file, is a non-empty folder the toolkit did not
+            write, or cannot be written (read-only, full disk); the message names the path.
+        FileExistsError: ``out`` is a non-empty dataset and ``opts.overwrite`` is False.
         DataError: no item could be written.
     """
     out = Path(out)
-    check_output_folder(out, opts.overwrite)
+    sources = [src] if sources is None else list(sources)
+    check_replaceable(out, "dataset", sources, opts.overwrite)
     report = scan.report
     split_note = assign_splits(scan, opts)
     names = scan.class_names
 
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir()
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise write_error(out, e) from None
     try:
         # destinations, unique per folder
         taken: set[tuple[str, int, str]] = set()
@@ -321,14 +363,24 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
             folder = photos_dir(tmp, it.split) / str(it.label)
             jobs.append((i, folder / name))
         for folder in {d.parent for _, d in jobs}:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise write_error(folder, e) from None
 
         ok = np.ones(len(scan.items), dtype=bool)
         heavy = [(i, d) for i, d in jobs if scan.items[i].box is not None or scan.items[i].align]
         light = [(i, d) for i, d in jobs if not (scan.items[i].box is not None or scan.items[i].align)]
         results: list[tuple[int, tuple[str, str] | None]] = []
-        for i, d in _progress(light, opts.verbose, "writing"):
-            results.append((i, process_item(scan.items[i], d, opts.link, opts.size, opts.margin)))
+        light_args = [(scan.items[i], d, opts.link, opts.size, opts.margin) for i, d in light]
+        if opts.workers > 1 and len(light) > 1:
+            # linking and decoding to verify: I/O and libjpeg/libpng release the GIL
+            with ThreadPoolExecutor(max_workers=opts.workers) as pool:
+                res = list(_progress(pool.map(_process_star, light_args), opts.verbose, "writing",
+                                     total=len(light_args)))
+        else:
+            res = [_process_star(a) for a in _progress(light_args, opts.verbose, "writing")]
+        results.extend((i, r) for (i, _), r in zip(light, res))
         if heavy:
             args = [(scan.items[i], d, opts.link, opts.size, opts.margin) for i, d in heavy]
             if opts.workers > 1 and len(heavy) > 1:
@@ -351,15 +403,10 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
 
         splits = [s for s in SPLITS if any(it.split == s for it in written)]
         splits += sorted({it.split for it in written} - set(splits))
-        for split in splits:
-            rows = [(f"{it.label}/{it.name}", it.valence, it.arousal) for it in written
-                    if it.split == split and it.valence is not None and it.arousal is not None]
-            if rows:
-                write_annotations(annotations_path(tmp, split), rows)
-        write_classes(tmp, names)
         counts = {
             "format": fmt,
             "source": str(src),
+            "output": str(out),
             "classes": list(names),
             "splits": {
                 s: {names[c]: sum(1 for it in written if it.split == s and it.label == c) for c in range(len(names))}
@@ -369,18 +416,22 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
             "split_note": f"{scan.split_note}; {split_note}" if scan.split_note else split_note,
             "skipped": report.counts,
         }
+        if scan.extra.get("unknown_class_names"):
+            counts["unknown_class_names"] = dict(scan.extra["unknown_class_names"])
         report.stats["written"] = len(written)
-        atomic_write_json(tmp / COUNTS_FILE, counts)
-        report.save_json(tmp / REPORT_FILE)
-
-        # move into place
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        try:
+            for split in splits:
+                rows = [(f"{it.label}/{it.name}", it.valence, it.arousal) for it in written
+                        if it.split == split and it.valence is not None and it.arousal is not None]
+                if rows:
+                    write_annotations(annotations_path(tmp, split), rows)
+            write_classes(tmp, names)
+            atomic_write_json(tmp / COUNTS_FILE, counts)
+            report.save_json(tmp / REPORT_FILE)
+        except OSError as e:
+            raise write_error(out, e) from None
+        write_marker(tmp, "dataset", format=fmt, source=str(Path(src).resolve()) if src else "")
+        replace_dir(tmp, out, "dataset")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -404,7 +455,7 @@ def format_counts(counts: dict) -> str:
     names = counts["classes"]
     splits = list(counts["splits"])
     width = max(8, *(len(n) for n in names)) + 2
-    lines = [f"{counts.get('format', '')} -> {counts.get('source', '')}".strip(" ->")]
+    lines = [f"{counts.get('format', '')}: {counts.get('source', '')} -> {counts.get('output', '')}"]
     header = f"{'label':<6}{'class':<{width}}" + "".join(f"{s:>9}" for s in splits) + f"{'total':>9}"
     lines.append(header)
     lines.append("-" * len(header))
@@ -416,6 +467,9 @@ def format_counts(counts: dict) -> str:
     lines.append(f"{'':<6}{'total':<{width}}" + "".join(f"{v:>9}" for v in tot) + f"{sum(tot):>9}")
     if counts.get("split_note"):
         lines.append(f"splits: {counts['split_note']}")
+    if counts.get("unknown_class_names"):
+        listed = ", ".join(f"{name!r} {n}" for name, n in counts["unknown_class_names"].items())
+        lines.append(f"unknown class names (rows skipped): {listed}; map them with --class-map NAME=CANONICAL")
     return "\n".join(lines)
 
 
@@ -441,7 +495,12 @@ def list_images(folder: Path, report: DataReport) -> list[Path]:
             if name in IGNORED_NAMES:
                 continue
             if p.suffix.lower() in IMAGE_EXTENSIONS:
-                if p.stat().st_size == 0:
+                try:
+                    size = p.stat().st_size
+                except OSError as e:  # a dangling link or a symbolic link loop
+                    report.add("corrupt_image", p, f"cannot read: {e.strerror or e}")
+                    continue
+                if size == 0:
                     report.add("empty_image", p)
                 else:
                     out.append(p)
@@ -453,7 +512,7 @@ def list_images(folder: Path, report: DataReport) -> list[Path]:
 def label_lines(path: Path):
     """Yield ``(where, fields)`` for each non-empty line of a whitespace-separated label file
     (``where`` = ``path:line`` for reports)."""
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "label file") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if fields:

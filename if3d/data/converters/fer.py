@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ import numpy as np
 from if3d.classes import AFFECTNET7, AFFECTNET8, canonical_label
 from if3d.data.converters.base import SPLIT_ALIASES, SourceItem, SourceScan, find_file, list_images
 from if3d.data.report import DataError, DataReport
+from if3d.data.textfiles import open_text
 
+FER2013_SIDE = 48
+"""FER2013 faces are 48 x 48 grey."""
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 """FER2013 emotion codes 0..6."""
 FER2013_USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
@@ -40,31 +44,61 @@ FERPLUS_FOLDERS = {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test"
 _USAGE_PREFIX = re.compile(r"^(training|publictest|privatetest)_", re.IGNORECASE)
 
 
-def _parse_pixels(text: str, where: str) -> np.ndarray:
-    arr = np.fromstring(text, dtype=np.int16, sep=" ")
-    side = int(round(np.sqrt(arr.size)))
-    if arr.size == 0 or side * side != arr.size or arr.min() < 0 or arr.max() > 255:
-        raise ValueError(f"{where}: pixels must be a square number of values in 0..255, got {arr.size} values")
-    return arr.astype(np.uint8).reshape(side, side)
+def _parse_pixels(text: str) -> np.ndarray:
+    """uint8 [48, 48] from FER2013's space-separated pixel string.
+
+    Raises:
+        ValueError: not exactly 48 x 48 integers in 0..255 (a cut-off row, a non-number, another size).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # numpy < 2.3 only warns on unparsable text
+            arr = np.fromstring(text, dtype=np.int64, sep=" ")
+    except (ValueError, DeprecationWarning) as e:
+        raise ValueError("pixels are not all integers") from e
+    if arr.size != FER2013_SIDE * FER2013_SIDE:
+        raise ValueError(f"expected {FER2013_SIDE}x{FER2013_SIDE} = {FER2013_SIDE * FER2013_SIDE} pixel values, "
+                         f"got {arr.size}")
+    if arr.min() < 0 or arr.max() > 255:
+        raise ValueError(f"pixel values {arr.min()}..{arr.max()} outside 0..255")
+    return arr.astype(np.uint8).reshape(FER2013_SIDE, FER2013_SIDE)
+
+
+_FER2013_COLUMNS = ("emotion", "pixels", "Usage")
 
 
 def read_fer2013_csv(path: Path, report: DataReport) -> list[tuple[int, str, np.ndarray] | None]:
-    """Rows of fer2013.csv as (label, split, pixels [48, 48]) or None for a bad row (reported)."""
+    """Rows of fer2013.csv as (label, split, pixels uint8 [48, 48]) or None for a bad row.
+
+    Bad rows (an emotion outside 0..6, an unknown Usage, pixels that are not 48 x 48 values in 0..255,
+    a row cut short or with extra fields, as the last row of a truncated download) are reported as
+    ``bad_label_row`` with the file and line.
+
+    Raises:
+        DataError: the header lacks ``emotion,pixels,Usage``, or the file is not UTF-8.
+    """
     rows: list[tuple[int, str, np.ndarray] | None] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path, "FER2013 CSV") as f:
         reader = csv.DictReader(f)
-        need = {"emotion", "pixels", "Usage"}
-        if not need <= set(reader.fieldnames or ()):
+        if not set(_FER2013_COLUMNS) <= set(reader.fieldnames or ()):
             raise DataError(f"{path}: expected columns emotion,pixels,Usage, got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
             try:
+                missing = [c for c in _FER2013_COLUMNS if row.get(c) is None]
+                if missing:
+                    raise ValueError(f"row cut short: no {', '.join(missing)} field (truncated file?)")
+                if None in row:
+                    raise ValueError(f"{len(row[None])} field(s) more than the header")
                 code = int(row["emotion"])
                 if not 0 <= code < len(FER2013_CLASSES):
                     raise ValueError(f"emotion {code} outside 0..6")
-                split = FER2013_USAGE[row["Usage"].strip().lower()]
-                pixels = _parse_pixels(row["pixels"], where)
-            except (KeyError, ValueError, TypeError) as e:
+                usage = row["Usage"].strip()
+                if usage.lower() not in FER2013_USAGE:
+                    raise ValueError(f"Usage {usage!r} is not Training, PublicTest or PrivateTest")
+                split = FER2013_USAGE[usage.lower()]
+                pixels = _parse_pixels(row["pixels"])
+            except ValueError as e:
                 report.add("bad_label_row", where, str(e))
                 rows.append(None)
                 continue
@@ -73,9 +107,9 @@ def read_fer2013_csv(path: Path, report: DataReport) -> list[tuple[int, str, np.
 
 
 def scan_fer2013_csv(src: Path, **_) -> SourceScan:
-    """``--src``: fer2013.csv or a folder holding it."""
+    """``--src``: a CSV file in FER2013's format (any name), or a folder holding ``fer2013.csv``."""
     report = DataReport(f"fer2013-csv {src}")
-    path = find_file(src, ("fer2013.csv", "fer2013/fer2013.csv"), "fer2013.csv")
+    path = src if src.is_file() else find_file(src, ("fer2013.csv", "fer2013/fer2013.csv"), "fer2013.csv")
     items = []
     for row_no, row in enumerate(read_fer2013_csv(path, report)):
         if row is None:
@@ -146,9 +180,9 @@ def scan_ferplus(src: Path, **_) -> SourceScan:
         pixels_rows = read_fer2013_csv(fer_csv, DataReport())
     usage_folder = {"training": "FER2013Train", "publictest": "FER2013Valid", "privatetest": "FER2013Test"}
     items = []
-    with open(new_csv, newline="", encoding="utf-8") as f:
+    with open_text(new_csv, "FERPlus CSV") as f:
         reader = csv.reader(f)
-        header = [h.strip() for h in next(reader)]
+        header = [h.strip() for h in next(reader, [])]
         want = ["Usage", "Image name", *FERPLUS_COLUMNS]
         if header[: len(want)] != want:
             raise DataError(f"{new_csv}: expected columns {','.join(want)}, got {','.join(header)}")
