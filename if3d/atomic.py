@@ -55,7 +55,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, fsync
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file private (0600); the result gets the permissions of a plain open()
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         write(tmp)
         if fsync:
@@ -67,6 +71,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, fsync
             os.remove(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (/proc), else set and reset."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -88,6 +88,21 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_json(tmp_path / "atomic.json", {"v": 1})
+    assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "masked.json", {"v": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "masked.json").stat().st_mode & 0o777 == 0o640
+
+
 def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     import os
     import subprocess
