@@ -359,3 +359,16 @@ def test_same_size_and_mtime_replacement_is_not_seen_as_documented(tree):
     i = [Path(p).name for p in ds.photo_relpaths].index(a.name)
     ref = PairedDataset(tree, "train", image_size=SIZE)
     _assert_sample_equal(ds[i], ref[i])
+
+
+def test_rerunning_the_render_step_over_unchanged_photos_keeps_the_cache_current(tree):
+    """Only image files decide the samples: the render step's manifest.csv and .npz files may be rewritten."""
+    build_cache(tree, "train", SIZE, progress=False)
+    renders = tree / "renders" / "train"
+    (renders / "manifest.csv").write_text("relative_path,status,reason\n")
+    (renders / "params.npz").write_bytes(b"new parameters")
+    assert open_cache_if_valid(tree, "train", SIZE) is not None
+    photo = sorted((tree / "photos" / "train" / "2").glob("*"))[0]
+    os.utime(photo, ns=(1, 1))  # an image that changed is still noticed
+    with pytest.raises(StaleCacheError):
+        open_cache_if_valid(tree, "train", SIZE)

@@ -77,6 +77,7 @@ from torch.utils.data import Dataset
 
 from if3d.atomic import atomic_write, remove_stale_temporaries
 from if3d.data.cache_cli import add_cli
+from if3d.data.layout import is_image_file
 from if3d.data.report import DataError
 from if3d.outputs import OutputError, check_apart, write_error
 
@@ -131,8 +132,10 @@ def source_files(root: str | os.PathLike, split: str, photo_only: bool = False) 
 def fingerprint(root: str | os.PathLike, split: str, photo_only: bool = False) -> dict[str, list[int]]:
     """Fingerprint of a split's source files: ``{relative_posix_path: [size_bytes, mtime_ns]}``.
 
-    Walks ``photos/<split>/``, ``renders/<split>/`` recursively (every file, hidden ones
-    excluded) and stats ``annotations/<split>.csv`` and ``classes.json``. Cost: one ``stat``
+    Walks ``photos/<split>/``, ``renders/<split>/`` recursively (every image file, hidden ones
+    excluded: the render step's ``manifest.csv`` and ``.npz`` parameter files do not decide samples, so
+    re-running it over unchanged photos keeps the cache current) and stats ``annotations/<split>.csv``
+    and ``classes.json``. Cost: one ``stat``
     per file (about 0.2 s for FER2013's 57k train files). Symbolically linked folders are followed.
 
     Raises:
@@ -163,7 +166,7 @@ def fingerprint(root: str | os.PathLike, split: str, photo_only: bool = False) -
                         raise DataError(f"{entry.path}: symbolic link loop (leads back to {ancestors[key]}); "
                                         "remove or fix the link")
                     walk(Path(entry.path), {**ancestors, key: Path(entry.path)})
-                elif entry.is_file(follow_symlinks=True):
+                elif entry.is_file(follow_symlinks=True) and is_image_file(entry.name):
                     add(Path(entry.path), entry.stat(follow_symlinks=True))
             except OSError as e:
                 raise _tree_error(Path(entry.path), e) from None
