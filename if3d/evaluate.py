@@ -222,7 +222,7 @@ def evaluate_checkpoint(
         model, report, class_names, runtime = _load_model(checkpoint, info, amp=amp, channels_last=channels_last,
                                                           tune_allocator=tune_allocator, image_size=image_size)
         streams = model_streams(model)
-        dataset = open_split(source, image_size=image_size, photo_only=streams == ("photo",),
+        dataset = open_split(source, image_size=image_size, streams=streams,
                              skip_missing_renders=skip_missing_renders, max_samples=max_samples, seed=seed + 1)
         data_names = list(dataset.class_names)
         mapping = label_mapping(data_names, class_names)

@@ -126,3 +126,37 @@ def test_render_backends_are_registered_by_name():
         get_backend("nope")
     with pytest.raises(ValueError, match="registered twice"):
         register_backend("flat_test")(Flat)
+
+
+def test_a_stream_reader_adds_a_non_image_stream_that_the_batch_preparer_passes_through(tmp_path):
+    from if3d.data.source import SplitSource, open_split, register_stream_reader
+    from if3d.runtime import BatchPreparer
+
+    class WithBrightness(torch.utils.data.Dataset):
+        def __init__(self, base):
+            self.base, self.labels, self.class_names = base, base.labels, base.class_names
+            self.report = getattr(base, "report", None)
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            sample = dict(self.base[i])
+            sample["brightness_test"] = sample["photo"].float().mean().reshape(1) / 255.0
+            return sample
+
+    register_stream_reader("brightness_test")(lambda source, dataset, image_size: WithBrightness(dataset))
+    data = make_dataset(tmp_path / "d", per_class=1, val_per_class=1)
+    ds = open_split(SplitSource.from_root(data, "val"), image_size=24, streams=("photo", "brightness_test"))
+    assert "render" not in ds[0]
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    prepare = BatchPreparer(torch.device("cpu"), ("photo", "brightness_test"), False, False, 24)
+    (photo, brightness), targets = prepare(batch, train=False)
+    assert photo.dtype == torch.float32
+    assert brightness.shape == (4, 1)
+    assert torch.equal(brightness, batch["brightness_test"])  # passed through as the dataset made it
+    assert set(targets) == {"label", "valence", "arousal", "has_va"}
+    with pytest.raises(ValueError, match="no reader provides the stream"):
+        open_split(SplitSource.from_root(data, "val"), image_size=24, streams=("photo", "voxels_nope"))
+    with pytest.raises(KeyError, match="no render stream"):
+        BatchPreparer(torch.device("cpu"), ("photo", "render"), False, False, 24)(batch, train=False)

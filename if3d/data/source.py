@@ -1,18 +1,20 @@
 """Open the samples of one split for training or evaluation: a canonical dataset or If3D's folders.
 
-One function, :func:`open_split`, turns "where the split is" (:class:`SplitSource`) and the sample
-settings into a dataset of sample dicts (``photo`` uint8 [3,S,S], ``render`` uint8 [3,S,S] unless
-photo-only, ``label`` int64, ``valence``/``arousal`` float32 with NaN where absent, ``has_va`` bool,
-``index`` int) with ``.labels``, ``.class_names`` and ``.report``. It reads the pre-decoded cache
-(:mod:`if3d.data.cache`) when one exists for the split and is current, else the image files
-(:class:`~if3d.data.dataset.PairedDataset`). The training engine, the test script and the benchmarks
-all open their data here.
+One function, :func:`open_split`, turns "where the split is" (:class:`SplitSource`), the streams a
+model reads and the sample settings into a dataset of sample dicts (``photo`` uint8 [3,S,S], ``render``
+uint8 [3,S,S] when the model reads renders, ``label`` int64, ``valence``/``arousal`` float32 with NaN
+where absent, ``has_va`` bool, ``index`` int, plus any other stream the model reads) with ``.labels``,
+``.class_names`` and ``.report``. Photos and renders come from the pre-decoded cache
+(:mod:`if3d.data.cache`) when one exists for the split and is current, else from the image files
+(:class:`~if3d.data.dataset.PairedDataset`); every other stream is added by the reader registered for
+it (:func:`register_stream_reader`). The training engine, the test script and the benchmarks all
+open their data here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,12 +26,20 @@ from torch.utils.data import Dataset
 from if3d.classes import AFFECTNET8
 from if3d.data import layout
 
+#: Streams that are face images (uint8 [3, S, S] per sample): read from the photo and render trees.
+IMAGE_STREAMS = ("photo", "render")
+
+#: stream name → reader ``(source, dataset, image_size=...) -> dataset`` that adds the stream to each sample
+_STREAM_READERS: dict[str, Callable[..., Dataset]] = {}
+
 __all__ = [
+    "IMAGE_STREAMS",
     "DataConfig",
     "SplitSource",
     "Subset",
     "dataset_report",
     "open_split",
+    "register_stream_reader",
     "resolve_val_split",
     "sample_path",
     "subset_dataset",
@@ -232,25 +242,46 @@ def subset_dataset(dataset: Dataset, max_samples: int | None, seed: int) -> Data
     return Subset(dataset, np.sort(rng.permutation(n)[:max_samples]))
 
 
+def register_stream_reader(stream: str):
+    """Register the reader that adds ``stream`` to a split's samples (decorator).
+
+    The reader is called as ``reader(source, dataset, image_size=S)`` with the split's photo dataset
+    (:class:`~if3d.data.dataset.PairedDataset` or the cache, in sample order) and returns a dataset whose
+    samples carry the stream under its name (and keep ``labels``, ``class_names``, ``report``).
+
+    Raises:
+        ValueError: the stream is an image stream or is registered twice.
+    """
+
+    def decorate(reader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        if stream in IMAGE_STREAMS or stream in _STREAM_READERS:
+            raise ValueError(f"a reader for the {stream!r} stream is registered twice (or it is an image stream)")
+        _STREAM_READERS[stream] = reader
+        return reader
+
+    return decorate
+
+
 def open_split(
     source: SplitSource,
     *,
     image_size: int,
-    photo_only: bool,
+    streams: Sequence[str] = IMAGE_STREAMS,
     skip_missing_renders: bool = False,
     num_classes: int | None = None,
     cache: str = "auto",
     max_samples: int | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """The samples of one split (see the module docstring for the sample dict).
+    """The samples of one split for a model that reads ``streams`` (see the module docstring).
 
     Args:
         source: where the split is.
         image_size: side S of the images in pixels.
-        photo_only: the model reads photos only. The render tree still filters the samples when
-            ``skip_missing_renders`` is set and renders exist, so a photo-only baseline sees exactly
-            the fusion models' samples.
+        streams: the model's input streams (``model.input_streams``); ``render`` among them makes the
+            renders required. Without it the render tree still filters the samples when
+            ``skip_missing_renders`` is set and renders exist, so a photo-only baseline sees exactly the
+            fusion models' samples.
         skip_missing_renders: skip (and count) photos without a render instead of raising.
         num_classes: keep only labels below it (e.g. 7 drops Contempt, counted as ``excluded_class``).
         cache: ``"auto"`` reads the pre-decoded cache when one is current; ``"off"`` never.
@@ -258,14 +289,22 @@ def open_split(
         seed: the subset's seed.
 
     Raises:
-        ValueError: a model that needs renders on a split without them.
+        ValueError: a model that needs renders on a split without them, or a stream no reader provides.
         FileNotFoundError, if3d.data.report.DataError: missing or bad files (the message names them).
         if3d.data.cache.StaleCacheError: a cache exists but its source files changed (rebuild it).
     """
+    others = [s for s in streams if s not in IMAGE_STREAMS]
+    unknown = [s for s in others if s not in _STREAM_READERS]
+    if unknown:
+        raise ValueError(f"no reader provides the stream(s) {', '.join(unknown)} (readers: "
+                         f"{', '.join(sorted(_STREAM_READERS)) or 'none'}; image streams: {', '.join(IMAGE_STREAMS)})")
+    photo_only = "render" not in streams
     dataset = _open_cached(source, image_size, photo_only, skip_missing_renders, num_classes) \
         if cache != "off" else None
     if dataset is None:
         dataset = _open_paired(source, image_size, photo_only, skip_missing_renders, num_classes)
+    for stream in others:
+        dataset = _STREAM_READERS[stream](source, dataset, image_size=image_size)
     return subset_dataset(dataset, max_samples, seed)
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from if3d.data.source import IMAGE_STREAMS
 from if3d.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["BatchPreparer", "forward_model", "model_streams", "unwrap_model"]
+__all__ = ["IMAGE_STREAMS", "BatchPreparer", "forward_model", "model_streams", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -34,13 +35,18 @@ def forward_model(model: nn.Module, inputs: Sequence[torch.Tensor]):
     return model(*inputs)
 
 
-class BatchPreparer:
-    """Moves a collated batch to the device and turns uint8 images into normalised model inputs.
 
-    Training batches go through the batched paired augmentation
-    (:class:`~if3d.data.transforms.PairedAugment`: the same geometry for photo and render,
-    erasing on the photo only; it returns normalised float) on the training device;
-    evaluation batches are only normalised (:func:`~if3d.data.transforms.normalize`).
+
+class BatchPreparer:
+    """Moves a collated batch to the device and turns it into the model's inputs and the criterion's targets.
+
+    Image streams (:data:`IMAGE_STREAMS`, uint8 [B, 3, S, S]): training batches go through the batched
+    paired augmentation (:class:`~if3d.data.transforms.PairedAugment`: the same geometry for photo and
+    render, erasing on the photo only; it returns normalised float) on the training device; evaluation
+    batches are only normalised (:func:`~if3d.data.transforms.normalize`). Any other stream the model
+    declares (a landmark cloud, a voxel grid …) is read from the batch under its name and moved to the
+    device unchanged (its dataset gives it ready to use). Targets are every other key of the batch
+    except ``index`` (``label``, ``valence``, ``arousal``, ``has_va``, and whatever a criterion needs).
 
     Args:
         device: where the model runs.
@@ -73,16 +79,30 @@ class BatchPreparer:
         return cls(device, model_streams(model), channels_last, augment, image_size, **norm)
 
     def __call__(self, batch: Mapping[str, Any], train: bool) -> tuple[tuple[torch.Tensor, ...], dict]:
-        """Returns ``(inputs, targets)``: inputs ``(photo,)`` or ``(photo, render)`` float [B,3,S,S];
-        targets ``label`` [B] int64, ``valence``/``arousal`` [B] float32, ``has_va`` [B] bool."""
+        """Returns ``(inputs, targets)``: inputs in the model's stream order (``photo``/``render`` float
+        [B,3,S,S], other streams as the dataset gives them); targets by name (``label`` [B] int64,
+        ``valence``/``arousal`` [B] float32, ``has_va`` [B] bool, …).
+
+        Raises:
+            KeyError: the batch lacks a stream the model reads (the message names it).
+        """
         nb = self.device.type == "cuda"
-        photo = batch["photo"].to(self.device, non_blocking=nb)
-        render = batch["render"].to(self.device, non_blocking=nb) if "render" in self.streams else None
-        if train and self.augment is not None:
-            inputs = [self.augment(photo)] if render is None else list(self.augment(photo, render))
-        else:
-            inputs = [self.normalize(x, self.mean, self.std) for x in (photo, render) if x is not None]
-        if self.channels_last:
-            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
-        targets = {k: batch[k].to(self.device, non_blocking=nb) for k in ("label", "valence", "arousal", "has_va")}
-        return tuple(inputs), targets
+        missing = [s for s in self.streams if s not in batch]
+        if missing:
+            raise KeyError(f"the batch has no {', '.join(missing)} stream (it has {', '.join(sorted(batch))}); "
+                           "the dataset does not provide what this model reads")
+        images = {s: batch[s].to(self.device, non_blocking=nb) for s in self.streams if s in IMAGE_STREAMS}
+        if images:
+            names = [s for s in IMAGE_STREAMS if s in images]  # photo first: the augmentation's order
+            if train and self.augment is not None:
+                out = self.augment(*(images[s] for s in names))
+                out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+            else:
+                out = tuple(self.normalize(images[s], self.mean, self.std) for s in names)
+            if self.channels_last:
+                out = tuple(x.contiguous(memory_format=torch.channels_last) for x in out)
+            images = dict(zip(names, out, strict=True))
+        inputs = tuple(images[s] if s in images else batch[s].to(self.device, non_blocking=nb) for s in self.streams)
+        targets = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items()
+                   if k != "index" and k not in self.streams and k not in IMAGE_STREAMS and isinstance(v, torch.Tensor)}
+        return inputs, targets

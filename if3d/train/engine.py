@@ -288,10 +288,9 @@ class Trainer:
         """The training and validation datasets (the model's streams decide whether renders are read)."""
         cfg = self.cfg
         d = cfg.data
-        photo_only = self.streams == ("photo",)
         for role in ("train", "val"):
             if getattr(self, f"{role}_dataset") is None:
-                ds = open_split(d.source(role), image_size=d.image_size, photo_only=photo_only,
+                ds = open_split(d.source(role), image_size=d.image_size, streams=self.streams,
                                 skip_missing_renders=d.skip_missing_renders, num_classes=cfg.model.num_classes,
                                 cache=d.cache,
                                 max_samples=d.max_train_samples if role == "train" else d.max_val_samples,
