@@ -118,6 +118,9 @@ class ModelInfo:
             presets), or None for the toolkit's default.
         final_checkpoint: file name of its ``FinalCheckPoints/`` copy (``--final-checkpoint``).
         description: one line for listings.
+        recipe: the training recipe of its paper, as the fields of ``if3d.train.config.Recipe`` it sets
+            (e.g. ``{"optimizer": "adam", "lr": 1e-4, "epochs": 40, "loss_weights": {...}}``); the
+            training command offers it as the preset named after the model and uses it by default.
     """
 
     name: str
@@ -125,6 +128,7 @@ class ModelInfo:
     default_preset: str | None = None
     final_checkpoint: str | None = None
     description: str = ""
+    recipe: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def final_checkpoint_name(self) -> str:

@@ -227,3 +227,25 @@ def test_a_flat_configuration_of_earlier_versions_still_resumes_and_garbage_is_r
     assert cfg.runtime.compile is False
     with pytest.raises(ConfigError, match="not a training configuration"):
         TrainConfig.from_dict({"lr": 1})
+
+
+def test_a_model_can_bring_its_paper_recipe_as_its_own_preset(tmp_path):
+    from if3d.train.config import default_preset, list_presets, preset_recipe
+
+    if "recipe_model_test" not in networks.list_models():
+        @networks.register_model(criterion="ddamfn", recipe={"optimizer": "adam", "lr": 3e-4, "epochs": 7,
+                                                              "loss_weights": {"attention": 0.5}})
+        def recipe_model_test(**kwargs):
+            return networks.create_model("ddamfn", **kwargs)
+
+    assert "recipe_model_test" in list_presets()
+    assert default_preset("recipe_model_test") == "recipe_model_test"
+    assert default_preset("ddamfn") == "ddamfn"
+    assert default_preset("if3d_gate") == "if3d"
+    r = preset_recipe("recipe_model_test")
+    assert (r.preset, r.optimizer, r.lr, r.epochs, r.criterion_weights()) == (
+        "recipe_model_test", "adam", 3e-4, 7, {"attention": 0.5})
+    cfg = config_from_args(["--data", str(tmp_path), "--model", "recipe_model_test", "--epochs", "2"])
+    assert (cfg.recipe.preset, cfg.recipe.lr, cfg.recipe.epochs) == ("recipe_model_test", 3e-4, 2)
+    other = config_from_args(["--data", str(tmp_path), "--model", "recipe_model_test", "--preset", "if3d"])
+    assert other.recipe.optimizer == "adamw"

@@ -22,11 +22,11 @@ import tyro
 
 import networks
 from if3d.train.config import (
-    DEFAULT_PRESET,
-    PRESETS,
     ConfigError,
     TrainConfig,
     config_from_preset,
+    default_preset,
+    list_presets,
 )
 
 #: Settings that may differ when a run is resumed (everything else comes from the checkpoint).
@@ -89,9 +89,9 @@ def _default_config(argv: Sequence[str], default_model: str) -> TrainConfig:
     model = _peek(argv, "--model") or default_model
     if model not in networks.list_models():
         _fail(f"unknown model {model!r}; registered models: {', '.join(networks.list_models())}")
-    preset = _peek(argv, "--preset") or networks.model_info(model).default_preset or DEFAULT_PRESET
-    if preset not in PRESETS:
-        _fail(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    preset = _peek(argv, "--preset") or default_preset(model)
+    if preset not in list_presets():
+        _fail(f"unknown preset {preset!r}; presets: {', '.join(list_presets())}")
     return config_from_preset(preset, model=model, out=str(Path("runs") / model))
 
 
@@ -104,7 +104,7 @@ def config_from_args(argv: Sequence[str] | None = None, default_model: str = "if
     argv = _expand_aliases(sys.argv[1:] if argv is None else argv)
     default = _default_config(argv, default_model)
     description = (f"Train an expression classifier (default model: {default_model}; registered models: "
-                   f"{', '.join(networks.list_models())}; presets: {', '.join(PRESETS)}). Options left out come "
+                   f"{', '.join(networks.list_models())}; presets: {', '.join(list_presets())}). Options left out come "
                    f"from the preset, the device defaults, or the resumed run. {EXIT_STATUS}")
     cfg = tyro.cli(tyro.conf.OmitArgPrefixes[TrainConfig], args=argv, default=default, description=description,
                    prog=Path(sys.argv[0]).name or "if3d.train")

@@ -43,6 +43,9 @@ __all__ = [
     "RuntimeConfig",
     "TrainConfig",
     "config_from_preset",
+    "default_preset",
+    "list_presets",
+    "preset_recipe",
 ]
 
 DEFAULT_PRESET = "if3d"
@@ -298,6 +301,42 @@ PRESETS: dict[str, Recipe] = {
 }
 
 
+def list_presets() -> list[str]:
+    """The toolkit's presets (:data:`PRESETS`) and those registered models bring (``ModelInfo.recipe``)."""
+    import networks
+
+    return [*PRESETS, *(m for m in networks.list_models() if networks.model_info(m).recipe)]
+
+
+def preset_recipe(preset: str) -> Recipe:
+    """The :class:`Recipe` of a preset: one of :data:`PRESETS`, or the recipe a registered model declares.
+
+    Raises:
+        KeyError: unknown preset (the message lists the presets).
+        TypeError: a model's recipe names a field :class:`Recipe` does not have.
+    """
+    import networks
+
+    if preset in PRESETS:
+        return replace(PRESETS[preset])
+    if preset in networks.list_models() and networks.model_info(preset).recipe:
+        return Recipe(preset=preset, **dict(networks.model_info(preset).recipe))
+    raise KeyError(f"unknown preset {preset!r}; presets: {', '.join(list_presets())}")
+
+
+def default_preset(model: str) -> str:
+    """The preset a model trains with when none is named: its own recipe, else its declared preset, else
+    :data:`DEFAULT_PRESET`.
+
+    Raises:
+        KeyError: unknown model.
+    """
+    import networks
+
+    info = networks.model_info(model)
+    return model if info.recipe else (info.default_preset or DEFAULT_PRESET)
+
+
 def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` with the recipe of ``preset`` and the given overrides (any field, by name).
 
@@ -307,7 +346,5 @@ def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
         KeyError: unknown preset (the message lists the presets).
         TypeError: unknown override name.
     """
-    if preset not in PRESETS:
-        raise KeyError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    cfg = TrainConfig(recipe=replace(PRESETS[preset]))
+    cfg = TrainConfig(recipe=preset_recipe(preset))
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
