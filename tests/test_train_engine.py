@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -265,3 +266,37 @@ def test_cache_gives_the_same_training_and_stale_caches_are_refused(tmp_path, ca
     os.utime(photo, ns=(1, 1))  # a changed source file
     assert run(_args(data, tmp_path / "stale", epochs=1)) == 2
     assert "stale" in capsys.readouterr().err
+
+
+def test_early_stopping_ends_the_run_and_a_resume_does_not_continue_it(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    # lr 0: validation cannot improve after the first epoch
+    assert run(_args(data, out, "--lr", "0", "--scheduler", "none", "--early-stopping-patience", "2",
+                     "--select-metric", "balanced_accuracy", epochs=6)) == 0
+    assert "stopped early" in capsys.readouterr().out
+    rows = _rows(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    best = torch.load(out / "best.pth", weights_only=True)["metrics"]["best"]
+    assert (best["metric"], best["epoch"]) == ("balanced_accuracy", 1)
+    assert run(["--resume", str(out)]) == 0  # nothing left to do
+    assert len(_rows(out / "metrics.csv")) == 3
+
+
+def test_cosine_schedule_with_warm_up():
+    from if3d.train.config import config_from_preset
+    from if3d.train.engine import build_optimizer, build_scheduler
+
+    cfg = config_from_preset("if3d", scheduler="cosine", lr=1e-3, epochs=2, warmup_steps=4)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(cfg, [p], torch.device("cpu"))
+    sched, interval = build_scheduler(cfg, opt, steps_per_epoch=10)
+    assert interval == "step"
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-5)  # 1 % of the rate
+    assert lrs[4] == pytest.approx(1e-3)  # warm-up done
+    assert lrs[4] > lrs[10] > lrs[19] > 0  # then annealed towards 0 by the end of the run
+    assert lrs[12] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 8 / 16)) / 2)

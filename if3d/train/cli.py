@@ -164,7 +164,8 @@ def run(argv: Sequence[str] | None = None, default_model: str = "if3d_linear") -
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr, flush=True)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: best validation accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}; "
+        early = " (stopped early)" if result.stopped_early else ""
+        print(f"done{early}: best validation accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}; "
               f"run directory {result.out}", flush=True)
     return 0
 

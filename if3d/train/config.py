@@ -100,8 +100,9 @@ class Recipe:
     """optimizer weight decay"""
     optimizer: Literal["adam", "adamw"] = "adamw"
     """optimizer"""
-    scheduler: Literal["cyclic", "exponential", "none"] = "cyclic"
-    """learning-rate schedule: cyclic (stepped per iteration), exponential (per epoch) or none"""
+    scheduler: Literal["cyclic", "exponential", "cosine", "none"] = "cyclic"
+    """learning-rate schedule: cyclic (stepped per iteration), exponential (per epoch), cosine (annealed to 0
+    over the run, per iteration) or none"""
     cyclic_base_lr: float = 1e-6
     """cyclic schedule: lowest learning rate"""
     cyclic_max_lr: float = 1e-4
@@ -112,8 +113,14 @@ class Recipe:
     """cyclic schedule: rising iterations (default half an epoch, as If3D)"""
     exp_gamma: float = 0.6
     """exponential schedule: decay per epoch"""
+    warmup_steps: int = 0
+    """linear warm-up from 1 % of the rate over this many optimizer steps, then the schedule (0: none)"""
     balanced_sampling: bool = True
     """class-balanced sampling of the training split"""
+    select_metric: Literal["accuracy", "balanced_accuracy", "f1_macro"] = "accuracy"
+    """validation metric that chooses best.pth (and drives early stopping)"""
+    early_stopping_patience: int | None = None
+    """stop when the selection metric has not improved for this many epochs (default: never)"""
     loss_attention: float | None = None
     """weight of the attention loss per stream (default: the criterion's, 0.1)"""
     loss_alignment: float | None = None
@@ -217,6 +224,7 @@ class TrainConfig:
                     "--max-train-samples": d.max_train_samples, "--max-val-samples": d.max_val_samples,
                     "--num-classes": self.model.num_classes, "--num-heads": self.model.num_heads,
                     "--cyclic-step-size-up": r.cyclic_step_size_up,
+                    "--early-stopping-patience": r.early_stopping_patience,
                     "--interrupt-after-steps": self.run.interrupt_after_steps}
         out += [f"{opt} must be a positive whole number, got {v}" for opt, v in positive.items()
                 if v is not None and v < 1]
@@ -224,6 +232,8 @@ class TrainConfig:
                  "--weight-decay": r.weight_decay}
         out += [f"{opt} must be a finite number >= 0, got {v}" for opt, v in rates.items()
                 if not (math.isfinite(v) and v >= 0)]
+        if r.warmup_steps < 0:
+            out.append(f"--warmup-steps must be >= 0, got {r.warmup_steps}")
         if not (math.isfinite(r.exp_gamma) and r.exp_gamma > 0):
             out.append(f"--exp-gamma must be a finite number > 0, got {r.exp_gamma}")
         for name, w in r.criterion_weights().items():

@@ -45,6 +45,7 @@ from if3d.runtime.distributed import (
     all_reduce_named,
     barrier,
     broadcast_buffers,
+    broadcast_object,
     cleanup_distributed,
     init_distributed,
 )
@@ -85,8 +86,10 @@ class FitResult:
 
     Attributes:
         out: the run directory.
-        best_accuracy: best validation accuracy (``-1`` when no epoch finished).
-        best_epoch: 1-based epoch of the best accuracy (0 when none).
+        best_accuracy: validation accuracy of the best epoch (``-1`` when no epoch finished).
+        best_epoch: 1-based best epoch by the selection metric (``--select-metric``; 0 when none).
+        best_value: the selection metric at the best epoch.
+        stopped_early: the run ended by early stopping (no improvement for ``--early-stopping-patience``).
         epochs_done: completed epochs.
         step: completed optimizer steps.
         last_val: validation metrics of the last epoch (``{}`` when none).
@@ -95,6 +98,8 @@ class FitResult:
     out: Path
     best_accuracy: float
     best_epoch: int
+    best_value: float
+    stopped_early: bool
     epochs_done: int
     step: int
     last_val: dict
@@ -120,23 +125,41 @@ def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.opt
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """The learning-rate schedule of the recipe and when it is stepped.
 
+    ``cyclic``: If3D's CyclicLR, per step. ``exponential``: DDAMFN's ExponentialLR, per epoch. ``cosine``:
+    cosine annealing from the recipe's ``lr`` to 0 over all steps of the run (per step; FER-crossval's
+    schedule). ``warmup_steps`` > 0 puts a linear warm-up from 1 % of the rate in front of a per-step
+    schedule (cosine, cyclic or none).
+
     Returns:
         ``(scheduler or None, "step" | "epoch")``.
 
     Raises:
-        ValueError: an unknown schedule.
+        ValueError: an unknown schedule, or a warm-up before the per-epoch exponential schedule.
     """
     r = cfg.recipe
+    total = r.epochs * steps_per_epoch
     if r.scheduler == "cyclic":
         up = r.cyclic_step_size_up or max(1, steps_per_epoch // 2)
         sched = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=r.cyclic_base_lr, max_lr=r.cyclic_max_lr,
                                                   step_size_up=up, mode=r.cyclic_mode, cycle_momentum=False)
-        return sched, "step"
-    if r.scheduler == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=r.exp_gamma), "epoch"
-    if r.scheduler == "none":
-        return None, "epoch"
-    raise ValueError(f"scheduler must be cyclic, exponential or none, got {r.scheduler!r}")
+        interval = "step"
+    elif r.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - r.warmup_steps))
+        interval = "step"
+    elif r.scheduler == "exponential":
+        sched, interval = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=r.exp_gamma), "epoch"
+    elif r.scheduler == "none":
+        sched, interval = None, "step"
+    else:
+        raise ValueError(f"scheduler must be cyclic, exponential, cosine or none, got {r.scheduler!r}")
+    if r.warmup_steps <= 0:
+        return sched, "epoch" if sched is None else interval
+    if interval == "epoch":
+        raise ValueError("--warmup-steps works with the per-step schedules (cosine, cyclic, none), not exponential")
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=r.warmup_steps)
+    if sched is None:
+        return warmup, "step"
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, sched], milestones=[r.warmup_steps]), "step"
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -325,7 +348,8 @@ class Trainer:
         self.scheduler, self.sched_interval = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.runtime.amp == "fp16")
         self.step, self.epochs_done = 0, 0
-        self.best = {"accuracy": -1.0, "epoch": 0}
+        self.best = {"metric": cfg.recipe.select_metric, "value": -1.0, "accuracy": -1.0, "epoch": 0}
+        self.stopped_early = False
         self.meters = EpochMeters.empty(("loss", *self.criterion.terms))
         self.last_val: dict = {}
 
@@ -342,7 +366,9 @@ class Trainer:
             self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epochs_done = int(ck["step"]), int(ck["epoch"])
         m = ck["metrics"]
-        self.best = dict(m.get("best", self.best))
+        self.best = {**self.best, **m.get("best", {})}
+        self.best.setdefault("value", self.best["accuracy"])  # checkpoints of earlier versions: accuracy only
+        self.stopped_early = bool(m.get("stopped_early", False))
         self.meters = EpochMeters.from_dict(m.get("epoch_state"), self.meters.names)
         self.last_val = dict(m.get("val", {}))
         saved_world = ck["config"].get("_world_size", self.info.world_size)
@@ -438,7 +464,8 @@ class Trainer:
                 "Try a lower --lr or --amp off.")
 
     def _save_last(self, epochs: int, epoch_state: dict | None) -> None:
-        ck = self.checkpoint(epochs, {"best": self.best, "val": self.last_val, "epoch_state": epoch_state})
+        ck = self.checkpoint(epochs, {"best": self.best, "val": self.last_val, "epoch_state": epoch_state,
+                                      "stopped_early": self.stopped_early})
         self.rundir.save(ck, self.rundir.last)
 
     # ---------------------------------------------------------------------------- the loop
@@ -452,6 +479,8 @@ class Trainer:
             self.rundir.open(self.run_info(), self.epochs_done, self.step)
             barrier()
             for epoch in range(self.epochs_done, cfg.recipe.epochs):
+                if self.stopped_early:
+                    break
                 stopped = stop.requested or self.train_one_epoch(epoch, stop)
                 if stopped and self.step < (epoch + 1) * self.steps_per_epoch:
                     self._save_last(epoch, self.meters.to_dict())
@@ -475,7 +504,8 @@ class Trainer:
             if dst is not None:
                 self._say(f"final checkpoint: {dst}")
         return FitResult(out=self.rundir.path, best_accuracy=float(self.best["accuracy"]),
-                         best_epoch=int(self.best["epoch"]), epochs_done=self.epochs_done, step=self.step,
+                         best_epoch=int(self.best["epoch"]), best_value=float(self.best["value"]),
+                         stopped_early=self.stopped_early, epochs_done=self.epochs_done, step=self.step,
                          last_val=self.last_val)
 
     def train_one_epoch(self, epoch: int, stop: _StopFlag) -> bool:
@@ -577,15 +607,19 @@ class Trainer:
         self.epochs_done = epoch + 1
         if info.is_main:
             val = summarize_predictions(results, self.class_names)
-            improved = val["accuracy"] > self.best["accuracy"]
+            metric = cfg.recipe.select_metric
+            improved = val[metric] > self.best["value"]
             if improved:
-                self.best = {"accuracy": val["accuracy"], "epoch": self.epochs_done}
+                self.best = {"metric": metric, "value": float(val[metric]), "accuracy": float(val["accuracy"]),
+                             "epoch": self.epochs_done}
+            patience = cfg.recipe.early_stopping_patience
+            self.stopped_early = patience is not None and self.epochs_done - self.best["epoch"] >= patience
             self.last_val = {k: val[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "precision_macro",
                                                  "recall_macro")}
             row = self.rundir.log_epoch(self.epochs_done, self.step, lr_now, self.meters, val)
             self._save_last(self.epochs_done, None)
             if improved:
-                metrics = {"best": self.best, "val": self.last_val, "epoch_state": None}
+                metrics = {"best": self.best, "val": self.last_val, "epoch_state": None, "stopped_early": False}
                 self.rundir.save(self.checkpoint(self.epochs_done, metrics, weights_only=True), self.rundir.best)
                 data = Path(cfg.data.data or cfg.data.val_photos or "data").name
                 self.rundir.plot_best(val["confusion_matrix"], self.class_names, cfg.model.model,
@@ -594,6 +628,10 @@ class Trainer:
                   f"val accuracy {val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f}, "
                   f"macro F1 {val['f1_macro']:.4f}, {float(row['images_per_s']):.1f} img/s"
                   f"{' (best)' if improved else ''}", flush=True)
+        self.stopped_early = bool(broadcast_object(self.stopped_early))
+        if self.stopped_early:
+            self._say(f"early stopping: no better validation {cfg.recipe.select_metric} for "
+                      f"{cfg.recipe.early_stopping_patience} epochs; best epoch {self.best['epoch']}")
         self.meters = EpochMeters.empty(self.meters.names)
 
     def _say(self, message: str, err: bool = False) -> None:
