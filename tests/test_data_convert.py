@@ -120,6 +120,13 @@ def test_ckplus_counts_and_subject_independent_validation(data_dir, tmp_path):
     assert subjects["train"]
     assert subjects["val"]
     assert not subjects["train"] & subjects["val"]
+    # the subject of every written photo is recorded, for subject-independent folds later
+    from if3d.data.layout import read_subjects
+
+    recorded = read_subjects(out)
+    written = sorted(p.relative_to(out).as_posix() for p in (out / "photos").rglob("*.png"))
+    assert sorted(recorded) == written
+    assert all(recorded[f] == Path(f).name.split("_")[0] for f in written)
     # seeded: the same seed gives the same split, another seed another one
     again = convert("ckplus", data_dir / "ckplus48", tmp_path / "again", seed=0, verbose=False)
     other = convert("ckplus", data_dir / "ckplus48", tmp_path / "other", seed=1, verbose=False)

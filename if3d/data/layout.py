@@ -7,6 +7,10 @@ Canonical layout (``Dataset/README.md``)::
     <root>/renders/<split>/<label>/<stem>.<image ext>   what Smirk_batch_Render.py writes (+ .npz params,
                                              manifest.csv at the renders root; those are not images)
     <root>/annotations/<split>.csv           optional: file,valence,arousal (file relative to photos/<split>)
+    <root>/subjects.csv                      optional: file,subject (file relative to the root, e.g.
+                                             photos/train/6/S010_004_00000017.png) where the source names the
+                                             person (CK+, JAFFE) or the source image (ExpW: the faces of one
+                                             photo): the unit that subject-independent splits keep together
     <root>/counts.json, <root>/report.json   written by the converters
 
 If3D's original layout (loaded as it is, through explicit paths)::
@@ -49,6 +53,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Canonical split names."""
 
 CLASSES_FILE = "classes.json"
+SUBJECTS_FILE = "subjects.csv"
 COUNTS_FILE = "counts.json"
 REPORT_FILE = "report.json"
 
@@ -95,6 +100,31 @@ def write_classes(root: str | os.PathLike, names: list[str] | tuple[str, ...]) -
     """Write ``<root>/classes.json`` (atomically; creates ``root``)."""
     Path(root).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(root) / CLASSES_FILE, list(names))
+
+
+def write_subjects(root: str | os.PathLike, rows: list[tuple[str, str]]) -> None:
+    """Write ``subjects.csv`` (``file,subject``; file relative to ``root``), atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("file", "subject"))
+    w.writerows(sorted(rows))
+    atomic_write_text(Path(root) / SUBJECTS_FILE, buf.getvalue())
+
+
+def read_subjects(root: str | os.PathLike) -> dict[str, str]:
+    """``{file relative to root: subject}`` from ``subjects.csv``; empty when the dataset has none.
+
+    Raises:
+        LayoutError: the file exists but is not a ``file,subject`` CSV (the message names it).
+    """
+    path = Path(root) / SUBJECTS_FILE
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"file", "subject"} <= set(reader.fieldnames):
+            raise LayoutError(f"{path}: expected the columns file,subject, got {reader.fieldnames}")
+        return {row["file"]: row["subject"] for row in reader}
 
 
 def if3d_paths(split: str, base: str | os.PathLike = "Dataset") -> dict[str, Path]:

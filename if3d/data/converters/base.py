@@ -44,6 +44,7 @@ from if3d.data.layout import (
     photos_dir,
     write_annotations,
     write_classes,
+    write_subjects,
 )
 from if3d.data.report import CorruptImageError, DataError, DataReport
 from if3d.data.textfiles import open_text
@@ -313,7 +314,8 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
 
     Writes ``photos/<split>/<label>/<name>`` (every image decoded once: one that does not decode is a
     counted ``corrupt_image`` and is not written), ``annotations/<split>.csv`` (when items carry valence
-    and arousal), ``classes.json``, ``counts.json`` (the count table and how the splits were made),
+    and arousal), ``classes.json``, ``subjects.csv`` (when every item names its subject or source image),
+    ``counts.json`` (the count table and how the splits were made),
     ``report.json`` (every skipped source item, by kind) and the toolkit's output marker
     (:data:`if3d.outputs.MARKER_NAME`). Everything goes into a temporary folder next to ``out`` that is
     renamed into place at the end; on any failure it is removed and ``out`` is left as it was.
@@ -426,6 +428,8 @@ def write_dataset(scan: SourceScan, out: str | os.PathLike, opts: WriteOptions, 
                 if rows:
                     write_annotations(annotations_path(tmp, split), rows)
             write_classes(tmp, names)
+            if written and all(it.group is not None for it in written):
+                write_subjects(tmp, [(f"photos/{it.split}/{it.label}/{it.name}", str(it.group)) for it in written])
             atomic_write_json(tmp / COUNTS_FILE, counts)
             report.save_json(tmp / REPORT_FILE)
         except OSError as e:
