@@ -40,3 +40,14 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def smirk_assets_dir() -> Path:
     return _require(SHARED / "assets" / "smirk")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models train faster on one thread, and the tests then leave the other core to the rest."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

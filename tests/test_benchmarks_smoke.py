@@ -75,15 +75,19 @@ def test_smoke_run_writes_the_documented_report(tmp_path, repo_root, data_dir):
     e2e = {(r["model"], r["path"]): r for r in report["e2e"]}
     assert {("ddamfn", "cache"), ("ddamfn", "jpeg")} <= set(e2e)
     for r in e2e.values():
-        _figure(r["img_pairs_per_s"])
+        _figure(r["img_pairs_per_s"])  # the training command's second epoch
+        _figure(r["first_epoch_img_pairs_per_s"])
         _figure(r["model_only_img_pairs_per_s"])
         assert r["ratio_e2e_to_model_only"] > 0
+        assert r["steps_per_epoch"] == report["settings"]["plan"]["e2e_steps"]
     assert e2e[("ddamfn", "cache")]["dataset"] == "CachedPairedDataset"
+    assert e2e[("ddamfn", "jpeg")]["dataset"] == "PairedDataset"
 
     acc = report["accuracy"]
     assert [r["config"] for r in acc["runs"]] == ["fp32_eager", "default"]
     for r in acc["runs"]:
         assert 0.0 <= r["val_accuracy"] <= 1.0
+        assert r["val_samples"] > 0
     assert "within_noise" in acc
     assert 0.0 <= acc["prediction_agreement_default_vs_fp32"] <= 1.0
 

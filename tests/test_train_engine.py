@@ -22,12 +22,7 @@ from if3d.train.engine import NonFiniteLossError, TrainingInterrupted, fit
 TIMING = {"images_per_s", "epoch_time_s"}
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

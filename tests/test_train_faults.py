@@ -19,13 +19,7 @@ from if3d.evaluate import run as evaluate_cli
 from if3d.train import engine
 from if3d.train.cli import run
 
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _args(data: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
@@ -135,20 +129,13 @@ def test_classes_in_another_order_are_remapped_by_name(checkpoint, tmp_path):
     # the same photos under a classes.json in reverse order: label folder i now holds class 6 - i
     shuffled = tmp_path / "reversed"
     shutil.copytree(data, shuffled)
-    for split in ("train", "val"):
-        root = shuffled / "photos" / split
-        for c in range(7):
-            (root / str(c)).rename(root / f"tmp{c}")
-        for c in range(7):
-            (root / f"tmp{c}").rename(root / str(6 - c))
-    shutil.rmtree(shuffled / "renders")
-    shutil.copytree(data / "renders", shuffled / "renders")
-    for split in ("train", "val"):
-        root = shuffled / "renders" / split
-        for c in range(7):
-            (root / str(c)).rename(root / f"tmp{c}")
-        for c in range(7):
-            (root / f"tmp{c}").rename(root / str(6 - c))
+    for tree in ("photos", "renders"):
+        for split in ("train", "val"):
+            root = shuffled / tree / split
+            for c in range(7):
+                (root / str(c)).rename(root / f"tmp{c}")
+            for c in range(7):
+                (root / f"tmp{c}").rename(root / str(6 - c))
     (shuffled / "annotations").rename(tmp_path / "no_annotations")  # their paths name the old folders
     (shuffled / "classes.json").write_text(json.dumps(CLASS_NAMES_7[::-1]))
     assert _evaluate(checkpoint, shuffled, tmp_path / "b", "--split", "val") == 0
