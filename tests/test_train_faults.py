@@ -86,6 +86,15 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_survives(data,
     assert (out / "last.pth").read_bytes() == before
 
 
+def test_an_option_the_model_does_not_take_is_one_line(data, tmp_path, capsys):
+    assert run(["--model", "ddamfn", "--data", str(data), "--faithful", "--epochs", "1", "--out",
+                str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--model ddamfn does not take these settings" in err
+    assert "faithful" in err
+    assert "Traceback" not in err
+
+
 def test_an_output_path_that_is_a_file_is_refused_before_any_work(data, tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("not a folder")

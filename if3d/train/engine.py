@@ -296,7 +296,11 @@ class Trainer:
         self.class_names = class_names_for(num_classes, names)
         self.model_kwargs = (dict(self.resume_ckpt["model_kwargs"]) if self.resume_ckpt is not None
                              else cfg.model.builder_kwargs(num_classes))
-        self.model = networks.create_model(cfg.model.model, **self.model_kwargs)
+        try:
+            self.model = networks.create_model(cfg.model.model, **self.model_kwargs)
+        except TypeError as e:  # an option the model does not take (e.g. --faithful for ddamfn)
+            raise ValueError(f"--model {cfg.model.model} does not take these settings "
+                             f"({', '.join(sorted(self.model_kwargs))}): {e}") from e
         self.criterion = networks.create_criterion(cfg.model.model, cfg.recipe.criterion_weights())
         self.load_report = None
         if cfg.model.pretrained and self.resume_ckpt is None:
