@@ -9,7 +9,7 @@ count the median, min and max of:
   FaceMesh graphs and OpenGL context;
 - ``startup_s``: time until the last worker was ready.
 
-Target (issue 4): >= 50 images/s with 2 workers at 112 x 112 on a 2-core machine. Output: JSON on
+Target: >= 50 images/s with 2 workers at 112 x 112 on a 2-core machine. Output: JSON on
 stdout (and ``--json PATH``). ``--smoke`` runs a handful of images once, to check that the benchmark
 works.
 

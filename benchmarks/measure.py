@@ -7,15 +7,18 @@ configuration's oneDNN primitive caches and thread pools from colouring the next
 
 Cases (``"task"``):
 
-- ``model``: model only, synthetic tensors. ``mode="train"``: forward + loss (``if3d.losses.fer_loss``)
-  + backward + optimizer step, exactly the engine's step without the data; ``mode="eval"``: forward
-  under ``no_grad``. Fast-path switches: ``amp`` (off|bf16|fp16), ``channels_last``,
-  ``optimizer_impl`` (default|foreach|fused), ``compile``.
+- ``model``: model only, synthetic tensors. ``mode="train"``: forward + the model's own criterion
+  (``networks.create_criterion``) + backward + AdamW step, the training step without the data;
+  ``mode="eval"``: forward under ``no_grad``. Fast-path switches: ``amp`` (off|bf16|fp16),
+  ``channels_last``, ``optimizer_impl`` (default|foreach|fused), ``compile``, ``malloc_tuning``.
 - ``loader``: data loader img-pairs/s on a converted dataset, JPEG/PNG path (``PairedDataset`` +
-  DataLoader workers) or cache path (memory-mapped batches), through the engine's own loader; also the
-  batched paired augmentation on the loaded batches.
-- ``e2e``: the engine's ``train_one_epoch`` with its real loader on a fixed subset, interleaved with
-  model-only steps of the same model and optimizer, so the two are measured under the same conditions.
+  DataLoader workers) or cache path (memory-mapped batches), opened and loaded as training does
+  (:func:`if3d.data.source.open_split`, :func:`if3d.runtime.make_loader`); also the batched paired
+  augmentation on the loaded batches (:class:`if3d.runtime.BatchPreparer`).
+- ``e2e``: the training command (``python -m if3d.train``) with its real loader on a fixed subset, run
+  as a subprocess, interleaved with model-only steps of the same model in this process, so that the two
+  are measured under the same conditions.
+- ``optimizer``: the AdamW step alone, per implementation.
 
 Every figure is img-pairs/s (one pair = photo + render; one photo for the photo-only DDAMFN) over
 ``repeats`` timed runs after ``warmup`` untimed steps: median, min, max and the runs.
@@ -23,12 +26,15 @@ Every figure is img-pairs/s (one pair = photo + render; one photo for the photo-
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -38,9 +44,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from if3d.train.allocator import tune_glibc_malloc  # noqa: E402  (after the sys.path set-up above)
-
 RESULT_PREFIX = "BENCH_RESULT "
+
+#: Classes of the models built here (AffectNet-8).
+NUM_CLASSES = 8
+#: The optimizer of every model-only training step and optimizer measurement: torch's AdamW with these
+#: settings, whatever optimizer a model's recipe preset names, so that models and fast paths compare on
+#: one optimizer (the end-to-end runs pass the same settings to the training command).
+ADAMW_LR = 1e-4
+ADAMW_WEIGHT_DECAY = 0.01
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -69,6 +81,8 @@ def _setup_threads(case: dict) -> None:
     """Process-wide settings of a case: torch threads and, when asked, the glibc allocator tuning."""
     import torch
 
+    from if3d.runtime.allocator import tune_glibc_malloc
+
     threads = case.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -76,68 +90,104 @@ def _setup_threads(case: dict) -> None:
         raise RuntimeError("malloc_tuning asked for, but glibc's mallopt is not available here")
 
 
-def _train_config(case: dict, **extra):
-    """A :class:`~if3d.train.config.TrainConfig` for the case's model and fast path (preset of the model)."""
-    from if3d.train.config import DEFAULT_PRESET, DEFAULT_PRESET_FOR_MODEL, config_from_preset, resolve_amp
+def runtime_config(case: dict):
+    """The :class:`~if3d.runtime.device.RuntimeConfig` of a case's device and fast path (every switch
+    concrete: ``amp`` through :func:`~if3d.runtime.device.resolve_amp`, the others as the case says)."""
+    from if3d.runtime.device import RuntimeConfig, resolve_amp
 
-    preset = DEFAULT_PRESET_FOR_MODEL.get(case["model"], DEFAULT_PRESET)
-    device_type = "cuda" if str(case.get("device", "cpu")).startswith("cuda") else "cpu"
-    return config_from_preset(
-        preset,
-        model=case["model"],
-        batch_size=int(case["batch"]),
-        image_size=int(case.get("size", 112)),
-        device=case.get("device", "cpu"),
-        amp=resolve_amp(case.get("amp", "off"), device_type),
+    device = str(case.get("device", "cpu"))
+    return RuntimeConfig(
+        device=device,
+        amp=resolve_amp(case.get("amp", "off"), "cuda" if device.startswith("cuda") else "cpu"),
         channels_last=bool(case.get("channels_last", False)),
         optimizer_impl=case.get("optimizer_impl", "default"),
         compile=bool(case.get("compile", False)),
         tune_allocator=bool(case.get("malloc_tuning", False)),
-        **extra,
+        workers=int(case.get("workers", 0)),
     )
 
 
-class _ModelStep:
-    """The engine's training or evaluation step on fixed synthetic tensors."""
+def make_adamw(params, impl: str | None):
+    """Torch's AdamW (lr :data:`ADAMW_LR`, weight decay :data:`ADAMW_WEIGHT_DECAY`) with the
+    ``default``/``foreach``/``fused`` implementation (:func:`~if3d.runtime.device.optimizer_impl_kwargs`)."""
+    import torch
 
-    def __init__(self, case: dict, model=None, optimizer=None):
+    from if3d.runtime.device import optimizer_impl_kwargs
+
+    return torch.optim.AdamW(params, lr=ADAMW_LR, weight_decay=ADAMW_WEIGHT_DECAY, **optimizer_impl_kwargs(impl))
+
+
+def fast_path_options(fp: dict) -> list[str]:
+    """Options of the training command for a fast path (``amp``, ``channels_last``, ``optimizer_impl``,
+    ``compile``, ``malloc_tuning``), each given explicitly so no device default or ``compile="auto"``
+    decision intervenes."""
+    return ["--amp", str(fp.get("amp", "off")),
+            "--channels-last" if fp.get("channels_last") else "--no-channels-last",
+            "--optimizer-impl", str(fp.get("optimizer_impl", "default")),
+            "--compile" if fp.get("compile") else "--no-compile",
+            "--tune-allocator" if fp.get("malloc_tuning") else "--no-tune-allocator"]
+
+
+def subprocess_env(threads: int | None = None) -> dict[str, str]:
+    """Environment of a training-command subprocess: the repository importable, no progress bars, and
+    ``OMP_NUM_THREADS`` (torch's default thread count) when ``threads`` is given."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+               TQDM_DISABLE="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(int(threads))
+    return env
+
+
+class _ModelStep:
+    """A model's training or evaluation step on fixed synthetic tensors (no data loading).
+
+    Training: forward under the case's autocast, the model's own criterion
+    (``networks.create_criterion(model)``, default weights) on the targets ``label``, ``valence``,
+    ``arousal``, ``has_va`` (VA on every second sample), backward and an optimizer step. The model-only
+    step uses torch's AdamW for every model (:func:`make_adamw`), whatever optimizer the model's recipe
+    preset names. Evaluation: forward under ``no_grad``.
+    """
+
+    def __init__(self, case: dict, model=None):
         import torch
 
-        from if3d.losses import fer_loss
-        from if3d.train.engine import autocast_context, build_optimizer, forward_model, model_kwargs_for
-        from networks import create_model
+        import networks
+        from if3d.runtime.batches import forward_model, model_streams
+        from if3d.runtime.device import autocast_context
 
-        self.cfg = cfg = _train_config(case)
-        self.device = device = torch.device(case.get("device", "cpu"))
+        self.runtime = rt = runtime_config(case)
+        self.device = device = torch.device(rt.device)
         self.train = case.get("mode", "train") == "train"
         b, s = int(case["batch"]), int(case.get("size", 112))
         torch.manual_seed(0)
         if model is None:
-            model = create_model(cfg.model, **model_kwargs_for(cfg, 8)).to(device)
-            if cfg.channels_last:
+            model = networks.create_model(case["model"], num_classes=NUM_CLASSES).to(device)
+            if rt.channels_last:
                 model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.streams = tuple(getattr(model, "input_streams", ("photo",)))
+        self.streams = model_streams(model)
         g = torch.Generator().manual_seed(1)
-        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
         self.inputs = [torch.randn(b, 3, s, s, generator=g).to(device).contiguous(memory_format=fmt)
                        for _ in self.streams]
-        self.label = torch.randint(0, 8, (b,), generator=g).to(device)
-        self.has_va = (torch.arange(b) % 2 == 0).to(device)
+        has_va = torch.arange(b) % 2 == 0
         va = torch.rand(2, b, generator=g) * 2 - 1
-        self.valence = torch.where(self.has_va.cpu(), va[0], float("nan")).to(device)
-        self.arousal = torch.where(self.has_va.cpu(), va[1], float("nan")).to(device)
-        self.weights = cfg.loss_weights()
-        self.fer_loss, self.forward_model = fer_loss, forward_model
-        self.autocast = lambda: autocast_context(device, cfg.amp)
+        self.targets = {
+            "label": torch.randint(0, NUM_CLASSES, (b,), generator=g).to(device),
+            "valence": torch.where(has_va, va[0], float("nan")).to(device),
+            "arousal": torch.where(has_va, va[1], float("nan")).to(device),
+            "has_va": has_va.to(device),
+        }
+        self.criterion = networks.create_criterion(case["model"]).to(device)
+        self.forward_model = forward_model
+        self.autocast = lambda: autocast_context(device, rt.amp)
         if self.train:
             model.train()
-            self.optimizer = optimizer or build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad],
-                                                          device)
+            self.optimizer = make_adamw([p for p in model.parameters() if p.requires_grad], rt.optimizer_impl)
         else:
             model.eval()
             self.optimizer = None
-        self.runner = torch.compile(model) if cfg.compile else model
+        self.runner = torch.compile(model) if rt.compile else model
         self.batch = b
 
     def __call__(self) -> None:
@@ -145,14 +195,27 @@ class _ModelStep:
 
         if not self.train:
             with torch.no_grad(), self.autocast():
-                self.forward_model(self.runner, self.streams, self.inputs)
+                self.forward_model(self.runner, self.inputs)
             return
         with self.autocast():
-            out = self.forward_model(self.runner, self.streams, self.inputs)
-        terms = self.fer_loss(out, self.label, self.valence, self.arousal, self.has_va, self.weights)
+            out = self.forward_model(self.runner, self.inputs)
+        loss = self.criterion(out, self.targets)
         self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
+        loss.total.backward()
         self.optimizer.step()
+
+    def release_memory(self) -> None:
+        """Drop the gradients and hand the free heap back to the OS (when the allocator tuning keeps it),
+        so that a training subprocess started next does not share the machine with this process's
+        retained activations. The next step faults the memory in again: run one untimed step after."""
+        import gc
+
+        from if3d.runtime.allocator import release_free_heap
+
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        release_free_heap()
 
 
 def _timed_runs(step, device, steps: int, repeats: int, pairs_per_step: int) -> list[float]:
@@ -217,45 +280,47 @@ def task_model(case: dict) -> dict:
     return out if len(modes) > 1 else out[modes[0]]
 
 
-def _engine_loader(dataset, indices, batch: int, workers: int, device):
-    from if3d.train.engine import _loader
+def _open_dataset(case: dict, streams, max_samples: int | None = None):
+    """The training split as training opens it for a model that reads ``streams``
+    (:func:`~if3d.data.source.open_split`: the cache when ``case['path'] == 'cache'``, else JPEG/PNG),
+    checked to be the path the case asks for."""
+    from if3d.data.source import SplitSource, open_split, supports_batches
 
-    return _loader(dataset, indices, batch, workers, device.type == "cuda", drop_last=True)
-
-
-def _open_dataset(case: dict, photo_only: bool):
-    """The dataset the engine would train on (cache when ``case['path'] == 'cache'``, else JPEG/PNG)."""
-    from if3d.train.engine import build_train_dataset
-
-    cfg = _train_config(case, data=str(case["data"]), train_split=case.get("split", "train"),
-                        cache="auto" if case["path"] == "cache" else "off",
-                        skip_missing_renders=True, max_train_samples=case.get("max_samples"),
-                        workers=int(case.get("workers", 0)))
-    ds = build_train_dataset(cfg, "train", photo_only=photo_only)
-    is_cache = hasattr(ds, "get_batch") or hasattr(getattr(ds, "base", None), "get_batch")
-    if (case["path"] == "cache") != is_cache:
-        raise RuntimeError(f"asked for the {case['path']} path but the engine opened {type(ds).__name__} "
+    ds = open_split(SplitSource.from_root(case["data"], case.get("split", "train")),
+                    image_size=int(case.get("size", 112)), streams=tuple(streams), skip_missing_renders=True,
+                    cache="auto" if case["path"] == "cache" else "off",
+                    max_samples=max_samples if max_samples is not None else case.get("max_samples"))
+    if (case["path"] == "cache") != supports_batches(ds):
+        raise RuntimeError(f"asked for the {case['path']} path but open_split gave {type(ds).__name__} "
                            f"(is the cache of {case['data']} built and current?)")
-    return cfg, ds
+    return ds
+
+
+def _dataset_name(ds) -> str:
+    return type(getattr(ds, "base", ds)).__name__
 
 
 def task_loader(case: dict) -> dict:
     """Data loader img-pairs/s (decode/gather + collation) and, for the cache, batched augmentation."""
     import torch
 
-    from if3d.train.engine import BatchPreparer, epoch_indices
+    import networks
+    from if3d.data.source import IMAGE_STREAMS
+    from if3d.runtime.batches import BatchPreparer
+    from if3d.runtime.loaders import epoch_indices, make_loader
 
     _setup_threads(case)
     device = torch.device(case.get("device", "cpu"))
-    cfg, ds = _open_dataset(case, photo_only=False)
+    ds = _open_dataset(case, streams=IMAGE_STREAMS)  # photo + render, what the fusion models read
     b, n_batches, workers = int(case["batch"]), int(case["batches"]), int(case.get("workers", 0))
+    pin = device.type == "cuda"
     runs, startup = [], []
     for r in range(int(case.get("repeats", 3))):
         order = epoch_indices(ds, r, 0, True)
         need = (n_batches + 1) * b
         order = (order * math.ceil(need / len(order)))[:need]
         t0 = time.perf_counter()
-        it = iter(_engine_loader(ds, order, b, workers, device))
+        it = iter(make_loader(ds, order, b, workers, pin, drop_last=True))
         next(it)  # worker start-up and the first batch
         t1 = time.perf_counter()
         n = sum(1 for _ in it)
@@ -265,10 +330,14 @@ def task_loader(case: dict) -> dict:
         runs.append(n * b / (t2 - t1))
         startup.append(t1 - t0)
     out = {"img_pairs_per_s": stats(runs), "first_batch_s": stats(startup), "samples": len(ds),
-           "dataset": type(getattr(ds, "base", ds)).__name__}
+           "dataset": _dataset_name(ds)}
     if case.get("augment"):
-        prepare = BatchPreparer(device, ("photo", "render"), bool(case.get("channels_last")), True, cfg.image_size)
-        batch = next(iter(_engine_loader(ds, list(range(b)), b, 0, device)))
+        # built on the meta device (no memory): the preparer only reads its streams and normalisation
+        with torch.device("meta"):
+            model = networks.create_model(case["model"], num_classes=NUM_CLASSES)
+        prepare = BatchPreparer.for_model(model, device, bool(case.get("channels_last")), True,
+                                          int(case.get("size", 112)))
+        batch = next(iter(make_loader(ds, list(range(b)), b, 0, pin, drop_last=True)))
         prepare(batch, train=True)
         aug = []
         for _ in range(int(case.get("repeats", 3))):
@@ -282,88 +351,108 @@ def task_loader(case: dict) -> dict:
     return out
 
 
-def task_e2e(case: dict) -> dict:
-    """The engine's training loop with its real loader, interleaved with model-only steps (same model)."""
-    import torch
+def train_command(case: dict, out: str | os.PathLike, steps: int) -> list[str]:
+    """The training command of an end-to-end case: 2 epochs of exactly ``steps`` batches of the case's
+    batch on a seeded ``steps × batch`` subset of the training split, validation on one batch, the case's
+    data path (``--cache auto|off``), workers, device and fast path, and the AdamW of :func:`make_adamw`."""
+    b = int(case["batch"])
+    return [sys.executable, "-m", "if3d.train",
+            "--model", case["model"], "--data", str(case["data"]), "--train-split", case.get("split", "train"),
+            "--epochs", "2", "--batch-size", str(b), "--max-train-samples", str(steps * b),
+            "--max-val-samples", str(b), "--balanced-sampling", "--skip-missing-renders",
+            "--image-size", str(int(case.get("size", 112))),
+            "--cache", "auto" if case["path"] == "cache" else "off", "--workers", str(int(case.get("workers", 0))),
+            "--device", str(case.get("device", "cpu")), "--seed", "0", "--out", str(out),
+            "--optimizer", "adamw", "--lr", str(ADAMW_LR), "--weight-decay", str(ADAMW_WEIGHT_DECAY),
+            *fast_path_options(case)]
 
-    from if3d.train.distributed import DistInfo
-    from if3d.train.engine import (
-        BatchPreparer,
-        _EpochState,
-        _StopFlag,
-        build_scheduler,
-        epoch_indices,
-        train_one_epoch,
-    )
+
+def _engine_run(case: dict, out: Path, steps: int, timeout_s: float) -> dict[str, Any]:
+    """Run the training command of ``case`` once; its second epoch's throughput (the first warms up)."""
+    t = time.perf_counter()
+    proc = subprocess.run(train_command(case, out, steps), cwd=REPO_ROOT, env=subprocess_env(case.get("threads")),
+                          capture_output=True, text=True, timeout=timeout_s)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"the training command exited with {proc.returncode}: {proc.stderr[-1500:]}")
+    with (out / "metrics.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    run = json.loads((out / "config.json").read_text(encoding="utf-8"))["run"]
+    if len(rows) != 2 or int(run["steps_per_epoch"]) != steps:
+        raise RuntimeError(f"the training command ran {len(rows)} epochs of {run['steps_per_epoch']} steps, "
+                           f"expected 2 of {steps}")
+    return {"images_per_s": float(rows[-1]["images_per_s"]),
+            "first_epoch_images_per_s": float(rows[0]["images_per_s"]),
+            "num_train_samples": int(run["num_train_samples"]), "compile_decision": run.get("compile"),
+            "wall_s": wall}
+
+
+def task_e2e(case: dict) -> dict:
+    """The training command end to end against model-only steps of the same model, interleaved.
+
+    Each repeat runs ``python -m if3d.train`` (:func:`train_command`) in a subprocess for 2 epochs of
+    ``steps`` batches and takes the second epoch's ``images_per_s`` from its ``metrics.csv`` (the first
+    epoch is the warm-up: oneDNN primitives, first-touch memory, compilation); then times ``steps``
+    model-only steps (:class:`_ModelStep`, same batch and fast path) in this process. The ratio is the
+    median of the per-repeat ratios, so both sides of each ratio see the same machine conditions.
+    """
+    import torch
 
     _setup_threads(case)
     device = torch.device(case.get("device", "cpu"))
-    model_step = _ModelStep(case)  # the model, optimizer and synthetic batch
-    photo_only = model_step.streams == ("photo",)
-    cfg, ds = _open_dataset(case, photo_only)
-    b, steps, workers = int(case["batch"]), int(case["steps"]), int(case.get("workers", 0))
-    info = DistInfo(0, 1, 0, device, False)
-    prepare = BatchPreparer(device, model_step.streams, cfg.channels_last, cfg.augment, cfg.image_size)
-    scheduler, interval = build_scheduler(cfg, model_step.optimizer, max(1, len(ds) // b))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    global_step = 0
-
-    def engine_epoch(epoch: int, n_steps: int) -> float:
-        nonlocal global_step
-        order = epoch_indices(ds, epoch, cfg.seed, cfg.balanced_sampling)
-        need = n_steps * b
-        order = (order * math.ceil(need / len(order)))[:need]
-        loader = _engine_loader(ds, order, b, workers, device)
-        _sync(device)
-        t = time.perf_counter()
-        global_step, stopped = train_one_epoch(
-            model=model_step.runner, streams=model_step.streams, loader=loader, prepare=prepare,
-            optimizer=model_step.optimizer, scheduler=scheduler, scheduler_interval=interval, scaler=scaler,
-            cfg=cfg, info=info, epoch=epoch, start_step=global_step, state=_EpochState.empty(), stop=_StopFlag(),
-            writer=None, total_steps_in_epoch=n_steps)
-        _sync(device)
-        if stopped:
-            raise RuntimeError("the engine stopped early")
-        return n_steps * b / (time.perf_counter() - t)
-
-    for _ in range(max(1, int(case.get("warmup", 1)))):
-        model_step()
-    engine_epoch(0, 1)
-    e2e, model_only = [], []
-    for r in range(int(case.get("repeats", 3))):
-        e2e.append(engine_epoch(r + 1, steps))
-        model_only.extend(_timed_runs(model_step, device, steps, 1, b))
+    b, steps, repeats = int(case["batch"]), int(case["steps"]), int(case.get("repeats", 3))
+    model_step = _ModelStep(case)
+    ds = _open_dataset(case, streams=model_step.streams, max_samples=steps * b)
+    if len(ds) < steps * b:
+        raise RuntimeError(f"{len(ds)} training samples give fewer than {steps} batches of {b}")
+    for _ in range(max(1, int(case.get("warmup", 1))) + (1 if case.get("compile") else 0)):
+        model_step()  # with compile, one more: the second call recompiles
+    e2e, first_epoch, model_only, walls, decisions = [], [], [], [], set()
+    with tempfile.TemporaryDirectory(prefix="if3d_bench_e2e_") as tmp:
+        for r in range(repeats):
+            model_step.release_memory()
+            run = _engine_run(case, Path(tmp) / f"run{r}", steps, float(case.get("timeout_s", 1800)))
+            e2e.append(run["images_per_s"])
+            first_epoch.append(run["first_epoch_images_per_s"])
+            walls.append(run["wall_s"])
+            decisions.add(run["compile_decision"])
+            model_step()  # faults the released memory in again
+            model_only.extend(_timed_runs(model_step, device, steps, 1, b))
     med_ratio = statistics.median(e / m for e, m in zip(e2e, model_only))
     return {
         "img_pairs_per_s": stats(e2e),
         "model_only_img_pairs_per_s": stats(model_only),
         "ratio_e2e_to_model_only": round(med_ratio, 4),
+        "first_epoch_img_pairs_per_s": stats(first_epoch),
+        "engine_wall_s": stats(walls),
+        "engine_compile_decision": sorted(str(d) for d in decisions),
+        "steps_per_epoch": steps,
         "samples": len(ds),
-        "dataset": type(getattr(ds, "base", ds)).__name__,
+        "dataset": _dataset_name(ds),
         "peak_rss_mib": round(maxrss_mib(), 1),
+        "engine_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, 1),
         "threads": torch.get_num_threads(),
     }
 
 
 def task_optimizer(case: dict) -> dict:
     """The optimizer step alone on a model's trainable parameters with synthetic gradients, per
-    implementation (``default`` for-loop, ``foreach``, ``fused``): milliseconds per step."""
+    implementation (``default`` for-loop, ``foreach``, ``fused``) of AdamW (:func:`make_adamw`):
+    milliseconds per step."""
     import torch
 
-    from if3d.train.engine import build_optimizer, model_kwargs_for
-    from networks import create_model
+    import networks
 
     _setup_threads(case)
     device = torch.device(case.get("device", "cpu"))
     out: dict[str, Any] = {}
     for impl in case.get("impls", ("default", "foreach", "fused")):
-        cfg = _train_config({**case, "optimizer_impl": impl})
         torch.manual_seed(0)
-        model = create_model(cfg.model, **model_kwargs_for(cfg, 8)).to(device)
+        model = networks.create_model(case["model"], num_classes=NUM_CLASSES).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
-        opt = build_optimizer(cfg, params, device)
+        opt = make_adamw(params, impl)
         opt.step()
         runs = []
         for _ in range(int(case.get("repeats", 3))):

@@ -92,7 +92,7 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     loaders = report.get("loader") or []
     if loaders:
-        lines += ["### Data loader (real FER2013 subset, photo + MediaPipe render, through the engine's loader)", ""]
+        lines += ["### Data loader (real FER2013 subset, photo + MediaPipe render, opened and loaded as training does)", ""]
         body = [[r["path"], r["workers"], r["batch"], _fig(r.get("img_pairs_per_s"), 1),
                  _fig(r.get("first_batch_s"), 3), _fig(r.get("augment_img_pairs_per_s"), 1)] for r in loaders
                 if "error" not in r]
@@ -101,7 +101,8 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     e2e = report.get("e2e") or []
     if e2e:
-        lines += ["### End to end (engine `train_one_epoch`, real loader) vs model only, same process", ""]
+        lines += ["### End to end (the training command `python -m if3d.train`, real loader, second epoch) "
+                  "vs model only, same conditions", ""]
         body = [[r["strategy"], r["device"], r["config"], _fast_path(r), r["path"], r["workers"],
                  _fig(r.get("img_pairs_per_s")), _fig(r.get("model_only_img_pairs_per_s")),
                  r.get("ratio_e2e_to_model_only", "—")] if "error" not in r else
