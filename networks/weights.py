@@ -27,6 +27,11 @@ One entry point, :func:`load_weights`, recognises the format of a file:
     'model_kwargs', ...}`` (written by ``if3d.checkpoint``).
 ``"state_dict"``
     A bare state dict with this toolkit's own key names.
+registered layouts (:mod:`networks.weight_formats`)
+    Layouts a model or backbone file registers beside its definition (``"torchvision_resnet"`` for
+    ResNet pretraining files such as DAN's ``resnet18_msceleb.pth``, ``"dan"``, ``"ada_df"``, ``"gsdnet"``
+    for those authors' checkpoints …), recognised by their keys before the built-in layouts; a plain
+    pickle of ``{name: numpy array}`` (VGGFace2's ResNet-50 files) is read through its own allow-list.
 
 Every file except the whole-module pickle is read with ``torch.load(weights_only=True)`` (the
 foreign checkpoints hold only tensors, dicts, ints and floats; numpy scalars are also accepted);
@@ -44,6 +49,7 @@ from __future__ import annotations
 import collections
 import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +60,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from networks.safe_pickle import AllowListUnpickler, UnsafePickleError, numpy_multiarray
+from networks.weight_formats import read_numpy_state_pickle, weight_format, weight_format_of
 
 __all__ = [
     "Checkpoint",
@@ -298,6 +305,9 @@ def _check_tensors(sd: Mapping[str, Any], path: str, what: str) -> dict[str, Ten
 
 
 def _source_of_state_dict(sd: Mapping[str, Tensor]) -> str:
+    registered = weight_format_of(sd)  # layouts taught by model files (networks.weight_formats), tried first
+    if registered is not None:
+        return registered.source
     tops = {k.split(".", 1)[0] for k in sd}
     if tops & _IF3D_TOP_KEYS:
         return "if3d"
@@ -369,6 +379,11 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(spath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
+        # a plain pickle of {name: numpy array} (VGGFace2's weight files), read through its own allow-list
+        if not zipfile.is_zipfile(spath):
+            arrays = read_numpy_state_pickle(spath)
+            if arrays is not None:
+                return Checkpoint(spath, _source_of_state_dict(arrays), arrays, {"file_format": "numpy pickle"})
         # globals beyond plain tensors/containers: maybe a whole pickled module; retry restricted
         try:
             with warnings.catch_warnings():
@@ -525,6 +540,13 @@ def build_model_from_checkpoint(
 
         name, kwargs = infer_if3d_config(sd)
         model = create_model(name, **kwargs)
+    elif (fmt := weight_format(ckpt.source)) is not None:
+        if fmt.model is None:
+            raise CheckpointFormatError(
+                f"{ckpt.path}: {fmt.description} holds no whole model; build the model with "
+                "networks.create_model and load the file with networks.load_weights (or --pretrained)"
+            )
+        model = create_model(fmt.model, **(fmt.model_kwargs(sd) if fmt.model_kwargs is not None else {}))
     elif ckpt.source == "mfn_module":
         from networks.mixedfeaturenet import MixedFeatureNet
 
