@@ -499,7 +499,7 @@ def test_pretrained_resnet_files_fill_the_backbones(tmp_path):
         if name == "ada_df":  # both branches start from the same pretrained layers 2–4
             assert torch.equal(model.target.layer4[0].conv1.weight, reference.layer4[0].conv1.weight)
             assert report.prefixes == ("backbone.", "target.")
-    with pytest.raises(CheckpointFormatError, match="holds no whole model"):
+    with pytest.raises(CheckpointFormatError, match="does not say which model it belongs to"):
         build_model_from_checkpoint(msceleb)
     with pytest.raises(WeightLoadError, match="wrong shape"):  # a ResNet-18 file into GSDNet's ResNet-50
         networks.load_weights(networks.create_model("gsdnet"), msceleb)

@@ -6,7 +6,8 @@ kept with torchvision's module names (``conv1``, ``bn1``, ``layer1`` … ``layer
 and ``fc``, so the published pretraining files load key by key.
 
 Pretrained weights come from the user's files through ``networks.load_weights`` / ``--pretrained``; this
-module registers their layout as the source ``"torchvision_resnet"``: a state dict whose top-level keys
+module registers their layout (``networks.weights.register_weight_source``) as the source
+``"torchvision_resnet"``: a state dict whose top-level keys
 are exactly ``conv1, bn1, layer1 … layer4`` and optionally ``fc`` — torchvision's ImageNet files, the
 MS-Celeb-1M ResNet-18 ``resnet18_msceleb.pth`` that DAN and Ada-DF load (``{'state_dict': {...}}`` with
 torchvision's key names and a 1000-way ``fc``), and VGGFace2's ResNet-50 pickles that GSDNet loads
@@ -31,7 +32,7 @@ import torch.nn as nn
 import torchvision
 from torch import Tensor
 
-from networks.weight_formats import WeightFormat, register_weight_format, top_level_keys
+from networks.weights import register_weight_source
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -158,12 +159,9 @@ def remap_torchvision_resnet(
 
 
 def _is_torchvision_resnet(state_dict: Mapping[str, Tensor]) -> bool:
-    tops = top_level_keys(state_dict)
+    tops = {k.split(".", 1)[0] for k in state_dict}
     return set(RESNET_KEYS) <= tops <= {*RESNET_KEYS, "fc"}
 
 
-register_weight_format(WeightFormat(
-    source="torchvision_resnet",
-    detect=_is_torchvision_resnet,
-    description="a ResNet weight file with torchvision's key names (a pretrained backbone)",
-))
+# a pretrained backbone, not a whole model: the file is loaded into a model built first (--pretrained)
+register_weight_source("torchvision_resnet", _is_torchvision_resnet)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["UNMAPPED", "count_parameters", "freeze", "remap_prefixes"]
+__all__ = ["UNMAPPED", "count_parameters", "freeze", "remap_prefixes", "top_level_keys"]
 
 #: Prefix given to source keys that no rule recognises, so a strict load reports them as unexpected.
 UNMAPPED = "<unmapped>."
@@ -43,6 +43,11 @@ def remap_prefixes(
         else:
             mapped[UNMAPPED + key] = value
     return mapped, discarded
+
+
+def top_level_keys(state_dict: Mapping[str, object]) -> set[str]:
+    """``{"features", "cat_head0", …}``: the first dotted component of every key."""
+    return {k.split(".", 1)[0] for k in state_dict}
 
 
 def freeze(module: nn.Module) -> nn.Module:

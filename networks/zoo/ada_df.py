@@ -73,8 +73,8 @@ from torch import Tensor
 from networks.backbones.resnet import ResNetBackbone, remap_torchvision_resnet
 from networks.criteria import Criterion, LossOutput
 from networks.registry import backbone_spec, create_backbone, register_criterion, register_model
-from networks.weight_formats import WeightFormat, register_weight_format, top_level_keys
-from networks.zoo._common import freeze, remap_prefixes
+from networks.weights import register_weight_source
+from networks.zoo._common import freeze, remap_prefixes, top_level_keys
 
 __all__ = [
     "AdaDF",
@@ -310,13 +310,9 @@ def _is_ada_df_checkpoint(state_dict: Mapping[str, Tensor]) -> bool:
     return {"feature", "branch_1", "branch_2", "alpha_1", "alpha_2"} <= top_level_keys(state_dict)
 
 
-register_weight_format(WeightFormat(
-    source="ada_df",
-    detect=_is_ada_df_checkpoint,
-    description="an Ada-DF checkpoint (github.com/taylor-xy0827/Ada-DF)",
-    model="ada_df",
-    model_kwargs=lambda sd: {"num_classes": int(sd["branch_2.4.weight"].shape[0])},
-))
+# an Ada-DF checkpoint (github.com/taylor-xy0827/Ada-DF) holds the whole model
+register_weight_source("ada_df", _is_ada_df_checkpoint,
+                       build=lambda sd: ("ada_df", {"num_classes": int(sd["branch_2.4.weight"].shape[0])}))
 
 
 # ============================================================================================ losses

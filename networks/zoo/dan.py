@@ -57,8 +57,8 @@ from torch import Tensor
 from networks.backbones.resnet import ResNetBackbone, remap_torchvision_resnet
 from networks.criteria import Criterion, LossOutput
 from networks.registry import backbone_spec, create_backbone, register_criterion, register_model
-from networks.weight_formats import WeightFormat, register_weight_format, top_level_keys
-from networks.zoo._common import remap_prefixes
+from networks.weights import register_weight_source
+from networks.zoo._common import remap_prefixes, top_level_keys
 
 __all__ = [
     "DAN",
@@ -280,13 +280,9 @@ def _is_dan_checkpoint(state_dict: Mapping[str, Tensor]) -> bool:
             and any(_HEAD_KEY.match(k) and ".sa." in k for k in state_dict))
 
 
-register_weight_format(WeightFormat(
-    source="dan",
-    detect=_is_dan_checkpoint,
-    description="a DAN checkpoint (github.com/yaoing/DAN)",
-    model="dan",
-    model_kwargs=lambda sd: {"num_classes": int(sd["fc.weight"].shape[0]), "num_heads": _count_heads(sd)},
-))
+# a DAN checkpoint (github.com/yaoing/DAN) holds the whole model
+register_weight_source("dan", _is_dan_checkpoint, build=lambda sd: (
+    "dan", {"num_classes": int(sd["fc.weight"].shape[0]), "num_heads": _count_heads(sd)}))
 
 
 # ============================================================================================ losses

@@ -61,8 +61,8 @@ from torch import Tensor
 from networks.backbones.resnet import ResNetBackbone, remap_torchvision_resnet
 from networks.criteria import Criterion, LossOutput
 from networks.registry import backbone_spec, create_backbone, register_criterion, register_model
-from networks.weight_formats import WeightFormat, register_weight_format, top_level_keys
-from networks.zoo._common import freeze, remap_prefixes
+from networks.weights import register_weight_source
+from networks.zoo._common import freeze, remap_prefixes, top_level_keys
 
 __all__ = [
     "AdaptiveChannelAttention",
@@ -233,13 +233,9 @@ def _is_gsdnet_checkpoint(state_dict: Mapping[str, Tensor]) -> bool:
     return top_level_keys(state_dict) == {"resnet"} and "resnet.fc_4_4.weight" in state_dict
 
 
-register_weight_format(WeightFormat(
-    source="gsdnet",
-    detect=_is_gsdnet_checkpoint,
-    description="a GSDNet checkpoint (github.com/476037156/GSDNet)",
-    model="gsdnet",
-    model_kwargs=lambda sd: {"num_classes": int(sd["resnet.fc_4_4.weight"].shape[0])},
-))
+# a GSDNet state dict (github.com/476037156/GSDNet) holds the whole model
+register_weight_source("gsdnet", _is_gsdnet_checkpoint,
+                       build=lambda sd: ("gsdnet", {"num_classes": int(sd["resnet.fc_4_4.weight"].shape[0])}))
 
 
 # ============================================================================================ losses
