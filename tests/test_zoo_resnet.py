@@ -607,16 +607,3 @@ def test_ada_df_class_statistics_survive_an_interruption(tmp_path):
     assert not torch.allclose(resumed["class_distributions.distributions"], smoothed)  # renewed from the epoch
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
-
-
-def test_the_zoo_benchmark_measures_a_model_in_process(repo_root, monkeypatch):
-    monkeypatch.syspath_prepend(str(repo_root))  # benchmarks/ is not an installed package
-    from benchmarks.bench_zoo import markdown, measure
-
-    row = measure("dan", batch=2, image_size=32, steps=1, repeats=1, warmup=0, device_name="cpu", threads=1)
-    assert (row["model"], row["image_size"], row["criterion"]) == ("dan", 32, "dan")
-    assert row["train_images_per_s"]["median"] > 0
-    assert row["eval_peak_mib"] >= row["train_peak_mib"] > 0
-    table = markdown({"mode": "smoke", "batch_size": 2, "steps": 1, "repeats": 1, "warmup": 0, "device": "cpu",
-                      "load_average_start": None, "load_average_end": None, "results": [row]})
-    assert "| `dan` | 32 | 19.73 |" in table
