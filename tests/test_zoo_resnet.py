@@ -121,8 +121,11 @@ def test_zoo_models_are_registered_with_criterion_recipe_and_paper_size():
                                                                                                   256, 40)
     assert preset_recipe("gsdnet").weight_decay == 1e-4
     assert not preset_recipe("gsdnet").balanced_sampling
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        networks.create_model("dan", faithful=True)
+    for name in MODELS:  # --faithful is an If3D option: bad input (a ValueError), and a TypeError as Python's
+        with pytest.raises(TypeError, match="unexpected keyword arguments: faithful"):
+            networks.create_model(name, faithful=True)
+        with pytest.raises(ValueError, match="unexpected keyword arguments: faithful"):
+            networks.create_model(name, faithful=True)
     with pytest.raises(ValueError, match="not a ResNet"):
         networks.create_model("mfer", backbone="mixedfeaturenet")
 

@@ -7,10 +7,24 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["UNMAPPED", "count_parameters", "freeze", "remap_prefixes", "top_level_keys"]
+__all__ = ["UNMAPPED", "UnexpectedArgumentError", "count_parameters", "freeze", "reject_arguments", "remap_prefixes",
+           "top_level_keys"]
 
 #: Prefix given to source keys that no rule recognises, so a strict load reports them as unexpected.
 UNMAPPED = "<unmapped>."
+
+
+class UnexpectedArgumentError(TypeError, ValueError):
+    """A builder got keyword arguments it does not take (a ``TypeError`` as Python's own, and a ``ValueError``
+    so that the training and test commands report it as bad input: one line, exit status 2)."""
+
+
+def reject_arguments(builder: str, kwargs: Mapping[str, object]) -> None:
+    """Raise :class:`UnexpectedArgumentError` naming ``kwargs`` when there are any (e.g. ``--faithful``, which
+    only If3D models take)."""
+    if kwargs:
+        raise UnexpectedArgumentError(f"{builder}() got unexpected keyword arguments: {', '.join(sorted(kwargs))} "
+                                      f"(options of other models)")
 
 
 def remap_prefixes(

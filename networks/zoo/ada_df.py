@@ -74,7 +74,7 @@ from networks.backbones.resnet import ResNetBackbone, remap_torchvision_resnet
 from networks.criteria import Criterion, LossOutput
 from networks.registry import backbone_spec, create_backbone, register_criterion, register_model
 from networks.weights import register_weight_source
-from networks.zoo._common import freeze, remap_prefixes, top_level_keys
+from networks.zoo._common import freeze, reject_arguments, remap_prefixes, top_level_keys
 
 __all__ = [
     "AdaDF",
@@ -423,9 +423,8 @@ def ada_df(num_classes: int = 7, backbone: str = "resnet18", drop_rate: float = 
     """Ada-DF (Liu et al. 2023): ResNet-18 with auxiliary and target branches, adaptive distribution fusion; 224×224.
 
     Raises:
-        TypeError: unknown keyword arguments.
+        UnexpectedArgumentError: unknown keyword arguments (a TypeError and a ValueError).
     """
-    if kwargs:
-        raise TypeError(f"ada_df() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+    reject_arguments("ada_df", kwargs)
     return AdaDF(num_classes=num_classes, backbone=backbone, drop_rate=drop_rate, threshold=threshold, beta=beta,
                  freeze_shared=freeze_shared)

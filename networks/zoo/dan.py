@@ -58,7 +58,7 @@ from networks.backbones.resnet import ResNetBackbone, remap_torchvision_resnet
 from networks.criteria import Criterion, LossOutput
 from networks.registry import backbone_spec, create_backbone, register_criterion, register_model
 from networks.weights import register_weight_source
-from networks.zoo._common import remap_prefixes, top_level_keys
+from networks.zoo._common import reject_arguments, remap_prefixes, top_level_keys
 
 __all__ = [
     "DAN",
@@ -357,9 +357,8 @@ def dan(num_classes: int = 8, num_heads: int = 4, backbone: str = "resnet18", **
     """DAN (Wen et al. 2023): ResNet-18 + K cross-attention heads + attention fusion; 224×224 in the paper.
 
     Raises:
-        TypeError: unknown keyword arguments.
+        UnexpectedArgumentError: unknown keyword arguments (a TypeError and a ValueError).
     """
-    if kwargs:
-        raise TypeError(f"dan() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+    reject_arguments("dan", kwargs)
     return DAN(num_classes=num_classes, num_heads=num_heads, backbone=backbone)
 

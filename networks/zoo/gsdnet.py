@@ -62,7 +62,7 @@ from networks.backbones.resnet import ResNetBackbone, remap_torchvision_resnet
 from networks.criteria import Criterion, LossOutput
 from networks.registry import backbone_spec, create_backbone, register_criterion, register_model
 from networks.weights import register_weight_source
-from networks.zoo._common import freeze, remap_prefixes, top_level_keys
+from networks.zoo._common import freeze, reject_arguments, remap_prefixes, top_level_keys
 
 __all__ = [
     "AdaptiveChannelAttention",
@@ -298,8 +298,7 @@ def gsdnet(num_classes: int = 7, backbone: str = "resnet50", caffe_layout: bool 
     """GSDNet (Zhang et al. 2024): ResNet-50 with an attention classifier per stage, gradual self distillation; 224×224.
 
     Raises:
-        TypeError: unknown keyword arguments.
+        UnexpectedArgumentError: unknown keyword arguments (a TypeError and a ValueError).
     """
-    if kwargs:
-        raise TypeError(f"gsdnet() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+    reject_arguments("gsdnet", kwargs)
     return GSDNet(num_classes=num_classes, backbone=backbone, caffe_layout=caffe_layout)

@@ -52,6 +52,7 @@ from torch import Tensor
 from networks.backbones.resnet import ResNetBackbone, remap_torchvision_resnet
 from networks.criteria import Criterion, LossOutput
 from networks.registry import backbone_spec, create_backbone, register_criterion, register_model
+from networks.zoo._common import reject_arguments
 
 __all__ = [
     "DSAttention",
@@ -262,8 +263,7 @@ def mfer(num_classes: int = 7, backbone: str = "resnet18", **kwargs) -> MFER:
     """MFER (Xu et al. 2024): ResNet-18 with DS attention after layers 3 and 4, multiscale classifiers; 224×224.
 
     Raises:
-        TypeError: unknown keyword arguments.
+        UnexpectedArgumentError: unknown keyword arguments (a TypeError and a ValueError).
     """
-    if kwargs:
-        raise TypeError(f"mfer() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+    reject_arguments("mfer", kwargs)
     return MFER(num_classes=num_classes, backbone=backbone)
