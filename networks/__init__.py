@@ -8,8 +8,9 @@ and criteria are registered (:mod:`networks.registry`); ``list_models()``, ``lis
 """
 
 # importing a module registers what it defines (networks.ddamfn registers "ddamfn", networks.fusion the
-# four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria)
-from networks import criteria, fusion  # noqa: F401
+# four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria, networks.backbones
+# the backbones of the model zoo, networks.zoo the published FER networks with their criteria and recipes)
+from networks import backbones, criteria, fusion, zoo  # noqa: F401
 from networks.criteria import Criterion, LossOutput
 from networks.ddamfn import DDAMFN, DDAHead, attention_loss
 from networks.if3d import If3DNet, infer_if3d_config
@@ -41,6 +42,7 @@ from networks.weights import (
     WeightLoadError,
     build_model_from_checkpoint,
     load_weights,
+    register_weight_source,
 )
 
 __all__ = [
@@ -76,4 +78,5 @@ __all__ = [
     "register_criterion",
     "register_fusion",
     "register_model",
+    "register_weight_source",
 ]

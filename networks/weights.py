@@ -27,6 +27,11 @@ One entry point, :func:`load_weights`, recognises the format of a file:
     'model_kwargs', ...}`` (written by ``if3d.checkpoint``).
 ``"state_dict"``
     A bare state dict with this toolkit's own key names.
+registered foreign sources
+    Layouts of other projects that a model file teaches :func:`read_checkpoint` with
+    :func:`register_weight_source` (``"poster"``, ``"poster_v2"``, ``"lnsu_net"``, ``"ir50"``,
+    ``"mobilefacenet"``, ``"swin"`` from ``networks.zoo`` and ``networks.backbones``); their detectors are
+    asked before the rules above and the model's ``remap_state_dict`` translates them.
 
 Every file except the whole-module pickle is read with ``torch.load(weights_only=True)`` (the
 foreign checkpoints hold only tensors, dicts, ints and floats; numpy scalars are also accepted);
@@ -44,7 +49,7 @@ from __future__ import annotations
 import collections
 import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,7 @@ __all__ = [
     "load_state_dict_checked",
     "load_weights",
     "read_checkpoint",
+    "register_weight_source",
 ]
 
 #: sources that need no remapping (keys are this toolkit's own)
@@ -297,7 +303,27 @@ def _check_tensors(sd: Mapping[str, Any], path: str, what: str) -> dict[str, Ten
     return dict(sd)
 
 
+#: foreign source name → detector ``(state dict with the file's key names) -> bool``, asked in order before
+#: the built-in rules; added by the models that load that layout (:func:`register_weight_source`)
+_FOREIGN_SOURCES: dict[str, Callable[[Mapping[str, Tensor]], bool]] = {}
+
+
+def register_weight_source(name: str, detect: Callable[[Mapping[str, Tensor]], bool]) -> None:
+    """Teach :func:`read_checkpoint` a foreign layout: a state dict for which ``detect`` is true gets source
+    ``name``, and :func:`load_state_dict_checked` hands it to the model's ``remap_state_dict(sd, name)``.
+
+    Raises:
+        ValueError: ``name`` is a built-in source or is registered twice.
+    """
+    if name in (*NATIVE_SOURCES, "if3d", "ddamfn", "mfn_module") or name in _FOREIGN_SOURCES:
+        raise ValueError(f"weight source {name!r} is built in or registered twice")
+    _FOREIGN_SOURCES[name] = detect
+
+
 def _source_of_state_dict(sd: Mapping[str, Tensor]) -> str:
+    for name, detect in _FOREIGN_SOURCES.items():
+        if detect(sd):
+            return name
     tops = {k.split(".", 1)[0] for k in sd}
     if tops & _IF3D_TOP_KEYS:
         return "if3d"
@@ -324,7 +350,9 @@ def _classify(obj: Any, path: str) -> Checkpoint:
             raise CheckpointFormatError(f"{path}: if3d-toolkit checkpoint without a 'model' entry")
         meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
         return Checkpoint(path, "if3d-toolkit", _check_tensors(obj["model"], path, "model"), meta)
-    for container in ("model_state_dict", "state_dict"):
+    # DDAMFN/If3D/POSTER: model_state_dict; POSTER++ and the landmark MobileFaceNet: state_dict; LNSU-Net:
+    # state_dict_model (trained) and state_dict_backbone (its Swin-T); Microsoft's Swin files: model
+    for container in ("model_state_dict", "state_dict", "state_dict_model", "state_dict_backbone", "model"):
         if container in obj and isinstance(obj[container], Mapping):
             sd = _check_tensors(_strip_module_prefix(obj[container]), path, container)
             meta = {
