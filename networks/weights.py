@@ -303,25 +303,34 @@ def _check_tensors(sd: Mapping[str, Any], path: str, what: str) -> dict[str, Ten
     return dict(sd)
 
 
-#: foreign source name → detector ``(state dict with the file's key names) -> bool``, asked in order before
-#: the built-in rules; added by the models that load that layout (:func:`register_weight_source`)
-_FOREIGN_SOURCES: dict[str, Callable[[Mapping[str, Tensor]], bool]] = {}
+#: foreign source name → (detector ``(state dict with the file's key names) -> bool``, model builder or None),
+#: detectors asked in order before the built-in rules; added by the models that load that layout
+#: (:func:`register_weight_source`)
+_FOREIGN_SOURCES: dict[str, tuple[Callable[[Mapping[str, Tensor]], bool],
+                                  Callable[[Mapping[str, Tensor]], tuple[str, dict[str, Any]]] | None]] = {}
 
 
-def register_weight_source(name: str, detect: Callable[[Mapping[str, Tensor]], bool]) -> None:
+def register_weight_source(name: str, detect: Callable[[Mapping[str, Tensor]], bool],
+                           build: Callable[[Mapping[str, Tensor]], tuple[str, dict[str, Any]]] | None = None) -> None:
     """Teach :func:`read_checkpoint` a foreign layout: a state dict for which ``detect`` is true gets source
     ``name``, and :func:`load_state_dict_checked` hands it to the model's ``remap_state_dict(sd, name)``.
+
+    Args:
+        name: the source name.
+        detect: recognises the layout from the file's keys.
+        build: for files that hold a whole model: ``state_dict -> (registered model name, builder kwargs)``,
+            so :func:`build_model_from_checkpoint` (and the test script) can build it; None for partial files.
 
     Raises:
         ValueError: ``name`` is a built-in source or is registered twice.
     """
     if name in (*NATIVE_SOURCES, "if3d", "ddamfn", "mfn_module") or name in _FOREIGN_SOURCES:
         raise ValueError(f"weight source {name!r} is built in or registered twice")
-    _FOREIGN_SOURCES[name] = detect
+    _FOREIGN_SOURCES[name] = (detect, build)
 
 
 def _source_of_state_dict(sd: Mapping[str, Tensor]) -> str:
-    for name, detect in _FOREIGN_SOURCES.items():
+    for name, (detect, _) in _FOREIGN_SOURCES.items():
         if detect(sd):
             return name
     tops = {k.split(".", 1)[0] for k in sd}
@@ -528,7 +537,8 @@ def build_model_from_checkpoint(
     * ``ddamfn``: ``create_model("ddamfn", num_classes=<rows of fc.weight>, num_heads=<cat_head count>)``;
     * ``if3d``: ``create_model(*networks.if3d.infer_if3d_config(state_dict))``;
     * ``mfn_module``: a full :class:`~networks.mixedfeaturenet.MixedFeatureNet` (with embedding head
-      when the file has one).
+      when the file has one);
+    * a registered foreign source with a builder (:func:`register_weight_source`): the model it names.
 
     Raises:
         CheckpointFormatError: a bare state dict (no model description), or keys that do not allow
@@ -558,6 +568,12 @@ def build_model_from_checkpoint(
 
         emb = sd.get("linear.weight")
         model = MixedFeatureNet(embedding_size=None if emb is None else int(emb.shape[0]))
+    elif ckpt.source in _FOREIGN_SOURCES and _FOREIGN_SOURCES[ckpt.source][1] is not None:
+        try:
+            name, kwargs = _FOREIGN_SOURCES[ckpt.source][1](sd)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointFormatError(f"{ckpt.path}: {exc}") from exc
+        model = create_model(name, **kwargs)
     else:
         raise CheckpointFormatError(
             f"{ckpt.path}: a bare state dict does not say which model it belongs to; "

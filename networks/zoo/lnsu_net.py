@@ -165,7 +165,15 @@ def _is_swin(sd: Mapping[str, Tensor]) -> bool:
     return "patch_embed.proj.weight" in sd and any(k.endswith("relative_position_bias_table") for k in sd)
 
 
-register_weight_source("lnsu_net", _is_lnsu_net)
+def _build_lnsu_net(sd: Mapping[str, Tensor]) -> tuple[str, dict]:
+    """The model a trained checkpoint describes; the backbone file holds no classifier to build one from."""
+    if "head.weight" not in sd:
+        raise ValueError("an LNSU-Net backbone file holds no classifier: build lnsu_net with networks.create_model "
+                         "and load it with networks.load_weights")
+    return "lnsu_net", {"num_classes": int(sd["head.weight"].shape[0])}
+
+
+register_weight_source("lnsu_net", _is_lnsu_net, _build_lnsu_net)
 register_weight_source("swin", _is_swin)
 
 

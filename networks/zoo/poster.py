@@ -347,7 +347,12 @@ def _is_mobilefacenet(sd: Mapping[str, Tensor]) -> bool:
     return "conv_6_sep.conv.weight" in sd and "output_layer.conv_6_dw.conv.weight" in sd
 
 
-register_weight_source("poster", _is_poster)
+def _build_poster(sd: Mapping[str, Tensor]) -> tuple[str, dict]:
+    """The model an authors' checkpoint describes (classes from its classifier; its own landmark weights)."""
+    return "poster", {"num_classes": int(sd["head.linear.weight"].shape[0]), "landmark_weights": False}
+
+
+register_weight_source("poster", _is_poster, _build_poster)
 register_weight_source("ir50", _is_ir50)
 register_weight_source("mobilefacenet", _is_mobilefacenet)
 

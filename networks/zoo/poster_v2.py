@@ -255,7 +255,12 @@ def _is_poster_v2(sd: Mapping[str, Tensor]) -> bool:
     return any(k.startswith("VIT.") for k in sd) and any(k.startswith("ir_back.") for k in sd)
 
 
-register_weight_source("poster_v2", _is_poster_v2)
+def _build_poster_v2(sd: Mapping[str, Tensor]) -> tuple[str, dict]:
+    """The model an authors' checkpoint describes (classes from its classifier; its own landmark weights)."""
+    return "poster_v2", {"num_classes": int(sd["VIT.head.linear.weight"].shape[0]), "landmark_weights": False}
+
+
+register_weight_source("poster_v2", _is_poster_v2, _build_poster_v2)
 
 
 @register_criterion("poster_v2")
