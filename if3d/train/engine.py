@@ -104,7 +104,8 @@ class FitResult:
 
 
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW of the recipe, with the fused / foreach implementation of the runtime settings.
+    """Adam, AdamW or SGD (with momentum) of the recipe, with the fused / foreach implementation of the
+    runtime settings.
 
     Raises:
         ValueError: an unknown optimizer or implementation.
@@ -114,7 +115,9 @@ def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.opt
         return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **impl)
     if r.optimizer == "adam":
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay, **impl)
-    raise ValueError(f"optimizer must be adam or adamw, got {r.optimizer!r}")
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, **impl)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {r.optimizer!r}")
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -134,9 +137,11 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
         return sched, "step"
     if r.scheduler == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=r.exp_gamma), "epoch"
+    if r.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=r.step_size, gamma=r.step_gamma), "epoch"
     if r.scheduler == "none":
         return None, "epoch"
-    raise ValueError(f"scheduler must be cyclic, exponential or none, got {r.scheduler!r}")
+    raise ValueError(f"scheduler must be cyclic, exponential, step or none, got {r.scheduler!r}")
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
