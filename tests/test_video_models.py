@@ -54,7 +54,8 @@ def test_models_train_on_real_frames_and_every_parameter_learns(name, real_frame
     x, mask = _clip(real_frames[:3], size=48)
     crit = networks.create_criterion(name)
     out = model.train()(x, mask)
-    assert out.logits.shape == (2, 7) and out.frame_features.shape == (2, 3, 512)
+    assert out.logits.shape == (2, 7)
+    assert out.frame_features.shape == (2, 3, 512)
     assert torch.allclose(out.final_weights.sum(1), torch.ones(2), atol=1e-5)
     loss = crit(out, {"label": torch.tensor([6, 6])})
     assert torch.isfinite(loss.total)
@@ -77,7 +78,8 @@ def test_padding_and_chunking_do_not_change_predictions(name, real_frames):
         pmask = torch.cat([mask, torch.zeros(1, 2, dtype=torch.bool)], 1)
         out = model(padded, pmask)
     assert torch.allclose(ref.logits, out.logits, atol=1e-5)
-    assert (out.final_weights[0, 4:] == 0).all() and (out.frame_features[0, 4:] == 0).all()
+    assert (out.final_weights[0, 4:] == 0).all()
+    assert (out.frame_features[0, 4:] == 0).all()
     with pytest.raises(ValueError, match="valid frame"):
         model(x, torch.zeros_like(mask))
 
@@ -111,10 +113,12 @@ def test_model_uses_the_formulas(real_frames):
         beta = torch.sigmoid(model.relation_attention(cat)).squeeze(-1)
         g = ((alpha * beta)[:, None] * cat).sum(0) / (alpha * beta).sum()
         assert torch.allclose(out.logits[0], model.classifier(g), atol=1e-5)
-        assert torch.allclose(out.self_weights[0], alpha) and torch.allclose(out.relation_weights[0], beta)
+        assert torch.allclose(out.self_weights[0], alpha)
+        assert torch.allclose(out.relation_weights[0], beta)
         faithful = networks.create_model("fan_relation", num_classes=7, faithful=True).eval()
         faithful.load_state_dict(model.state_dict())
-        assert faithful.backbone_spec.mean == (0.0, 0.0, 0.0) and faithful.backbone_spec.std == (1.0, 1.0, 1.0)
+        assert faithful.backbone_spec.mean == (0.0, 0.0, 0.0)
+        assert faithful.backbone_spec.std == (1.0, 1.0, 1.0)
         g_f = (alpha[:, None] * cat).sum(0) / (alpha * beta).sum()
         assert torch.allclose(faithful(x, mask).logits[0], model.classifier(g_f), atol=1e-4)
 
@@ -133,7 +137,8 @@ def test_per_frame_fusion_with_renders(real_frames):
     torch.manual_seed(0)
     model = networks.create_model("fan_relation", num_classes=7, fusion="linear")
     assert model.input_streams == ("clip", "render_clip", "frame_mask")
-    assert model.feature_dim == 1024 and model.backbone_prefixes == ("backbone.",)  # linear: one shared backbone
+    assert model.feature_dim == 1024
+    assert model.backbone_prefixes == ("backbone.",)
     x, mask = _clip(real_frames[:1], size=112)
     out = model.train()(x, x.flip(-1), mask)
     out.logits.sum().backward()
@@ -171,7 +176,8 @@ def test_emotion_fan_pretrained_resnet18_loads_into_every_backbone(tmp_path):
     torch.save({"epoch": 30, "arch": "resnet18", "state_dict": sd}, path)
     model = networks.create_model("fan_relation", num_classes=7)
     report = networks.load_weights(model, path)
-    assert report.source == "torchvision_resnet" and report.ok
+    assert report.source == "torchvision_resnet"
+    assert report.ok
     assert sorted(report.discarded) == ["fc.bias", "fc.weight"]
     assert torch.equal(model.backbone.layer3[1].conv2.weight, sd["module.layer3.1.conv2.weight"])
     assert torch.equal(model.backbone.bn1.running_mean, sd["module.bn1.running_mean"])
@@ -192,7 +198,8 @@ def test_trained_emotion_fan_checkpoint_converts_and_evaluates(attention, head, 
     torch.save({"epoch": 12, "state_dict": sd, "accuracy": torch.tensor(51.18)}, src)
     model = networks.create_model(f"fan_{attention}", num_classes=7)
     report = networks.load_weights(model, src)
-    assert report.source == "emotion_fan" and report.ok
+    assert report.source == "emotion_fan"
+    assert report.ok
     assert torch.equal(model.classifier.weight, sd[f"module.{head}.weight"])
     assert torch.equal(model.self_attention.weight, sd["module.alpha.0.weight"])
     other = {"self": ["beta.0.bias", "beta.0.weight", "pred_fc2.bias", "pred_fc2.weight"],
@@ -201,6 +208,8 @@ def test_trained_emotion_fan_checkpoint_converts_and_evaluates(attention, head, 
     out = tmp_path / "ours.pth"
     convert_emotion_fan_checkpoint(str(src), str(out), attention=attention, classes="afew")
     built, rep = networks.build_model_from_checkpoint(out)
-    assert isinstance(built, FrameAttentionNet) and built.faithful and built.attention == attention
+    assert isinstance(built, FrameAttentionNet)
+    assert built.faithful
+    assert built.attention == attention
     assert rep.metadata["class_names"] == list(EMOTION_FAN_CLASSES["afew"])
     assert torch.equal(built.classifier.bias, sd[f"module.{head}.bias"])
