@@ -46,7 +46,8 @@ def test_training_resumes_exactly_and_the_test_script_reads_clips(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert train(["--model", "fan_relation", "--data", str(data), "--out", str(full), *COMMON]) == 0
     cfg = json.loads((full / "config.json").read_text())
-    assert cfg["config"]["recipe"]["optimizer"] == "sgd" and cfg["config"]["recipe"]["scheduler"] == "step"
+    assert cfg["config"]["recipe"]["optimizer"] == "sgd"
+    assert cfg["config"]["recipe"]["scheduler"] == "step"
     assert cfg["run"]["input_streams"] == ["clip", "frame_mask"]
     assert cfg["run"]["model_kwargs"]["clip_frames"] == 2
     assert train(["--model", "fan_relation", "--data", str(data), "--out", str(cut), *COMMON,
@@ -113,7 +114,8 @@ def test_real_clip_end_to_end(tmp_path, data_dir):
     assert video_main(["predict", "--checkpoint", str(run / "last.pth"), "--video", str(video), "--fps", "5",
                        "--image-size", "64", "--out", str(pred)]) == 0
     summary = json.loads((pred / "predictions.json").read_text())[str(video)]
-    assert summary["frames"] == 12 and summary["faceless_frames"] == 0
+    assert summary["frames"] == 12
+    assert summary["faceless_frames"] == 0
     assert sum(summary["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert video_main(["attention", "--checkpoint", str(run / "last.pth"), "--data", str(data), "--split",
                        "train", "--clip", "nope", "--out", str(att)]) == 2
