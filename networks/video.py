@@ -304,6 +304,14 @@ class FrameAttentionNet(nn.Module):
             return ("backbone.",)
         return ("photo_backbone.", "render_backbone.")
 
+    def _channels_last(self) -> bool:
+        """True when the backbone's first convolution is stored channels_last (the engine's CPU/CUDA fast path):
+        the frames are then given to it in the same memory format."""
+        for p in self.parameters():
+            if p.dim() == 4:
+                return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        return False
+
     def _embed(self, photo: Tensor, render: Tensor | None) -> Tensor:
         """Frames [N, 3, S, S] (and their renders) → features [N, D]."""
         if self.fusion_name is None:
@@ -326,9 +334,10 @@ class FrameAttentionNet(nn.Module):
         """
         b, t = clip.shape[:2]
         idx = torch.nonzero(frame_mask.reshape(-1), as_tuple=True)[0]
-        frames = clip.reshape(b * t, *clip.shape[2:]).index_select(0, idx)
-        renders = render_clip.reshape(b * t, *render_clip.shape[2:]).index_select(0, idx) \
-            if render_clip is not None else None
+        fmt = torch.channels_last if self._channels_last() else torch.contiguous_format
+        frames = clip.reshape(b * t, *clip.shape[2:]).index_select(0, idx).contiguous(memory_format=fmt)
+        renders = render_clip.reshape(b * t, *render_clip.shape[2:]).index_select(0, idx).contiguous(
+            memory_format=fmt) if render_clip is not None else None
         if self.training or frames.shape[0] <= self.eval_chunk:
             feats = self._embed(frames, renders)
         else:
