@@ -8,7 +8,8 @@ where absent, ``has_va`` bool, ``index`` int, plus any other stream the model re
 (:mod:`if3d.data.cache`) when one exists for the split and is current, else from the image files
 (:class:`~if3d.data.dataset.PairedDataset`); every other stream is added by the reader registered for
 it (:func:`register_stream_reader`). A model that reads clips (:data:`CLIP_STREAMS`: the video models)
-gets the split's clips instead (:class:`~if3d.data.clips.ClipDataset`, ``<root>/clips/<split>``). The
+gets the split's clips instead (:class:`~if3d.data.clips.ClipDataset`, ``<root>/clips/<split>``, decoded from
+the frame files: the pre-decoded cache holds photo datasets only). The
 training engine, the test script and the benchmarks all open their data here.
 """
 
