@@ -81,6 +81,22 @@ def test_baseline_trains_with_the_frame_criterion(tmp_path):
     assert cfg["run"]["steps_per_epoch"] == 2
 
 
+def test_per_frame_fusion_trains_on_clips_and_their_renders(tmp_path):
+    data = _clips(tmp_path / "data")
+    for f in (data / "clips").rglob("*.png"):
+        r = data / "render_clips" / f.relative_to(data / "clips")
+        r.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - np.asarray(Image.open(f))).save(r)
+    out = tmp_path / "fusion"
+    args = ["--model", "fan_self", "--fusion", "linear", "--data", str(data), "--out", str(out), *COMMON,
+            "--epochs", "1", "--max-train-samples", "4", "--max-val-samples", "2"]
+    args[args.index("--image-size") + 1] = "112"  # the fusion is built for the backbone's 112-px map
+    assert train(args) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["run"]["input_streams"] == ["clip", "render_clip", "frame_mask"]
+    assert cfg["run"]["model_kwargs"]["fusion"] == "linear"
+
+
 def test_real_clip_end_to_end(tmp_path, data_dir):
     video = data_dir / "video" / "1543684773.avi"
     if not video.is_file():

@@ -68,7 +68,8 @@ class ModelConfig:
     num_heads: int | None = None
     """DDA heads (default: the model's; DDAMFN 2, If3D 4)"""
     faithful: bool = False
-    """If3D models: reproduce the original If3D fusion exactly"""
+    """If3D models: reproduce the original If3D fusion exactly; video models: Emotion-FAN's [0, 1] inputs and
+    evaluation formula"""
     backbone: str | None = None
     """registered backbone of the model (networks.list_backbones(); default: the model's, MixedFeatureNet)"""
     pretrained: str | None = None
