@@ -512,6 +512,8 @@ def write_clip_dataset(scan: ClipScan, out: str | os.PathLike, opts: WriteOption
     sources = [src] if sources is None else list(sources)
     check_replaceable(out, "dataset", sources, opts.overwrite)
     report = scan.report
+    if not scan.clips:
+        raise DataError(f"nothing could be written from {src}: no clip found\n{report.summary(max_paths=20)}")
     split_note = _assign_splits(scan, opts)
     partial = out.parent / f".{out.name}.partial"
     _open_partial(partial, _fingerprint(scan, opts, fmt, src), opts.verbose)
@@ -545,6 +547,7 @@ def write_clip_dataset(scan: ClipScan, out: str | os.PathLike, opts: WriteOption
         report.add("faceless_clip", c.origin, "no frame with a face")
     written = [(c, records[i]) for i, c in enumerate(scan.clips) if records[i]["frames"] > 0]
     if not written:
+        shutil.rmtree(partial, ignore_errors=True)
         raise DataError(f"nothing could be written from {src}\n{report.summary(max_paths=20)}")
     counts = _counts(scan, written, fmt, src, out, split_note, report, opts)
     try:
