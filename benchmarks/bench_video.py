@@ -9,7 +9,11 @@ Measures, each the median (min–max) of ``--repeats`` timed runs after one unti
   up to the number of cores);
 - ``infer``: frames/s of ``fan_relation`` / ``fan_self`` / ``fan_baseline`` (ResNet-18) evaluating whole clips
   (``--clip-length`` frames, batch 1, no grad) at ``--image-size``; fp32 eager, 2 threads by default;
-- ``train``: clips/s of one training step (``--batch`` clips × 3 frames, forward + backward + SGD step).
+- ``train``: clips/s of one training step (``--batch`` clips × 3 frames, forward + backward + SGD step);
+- ``alignment``: how still the face stays in the aligned frames of the clip, per-frame alignment vs one crop per
+  clip (the converter's ``--clip-alignment``): mean distance (output pixels) of rigid landmarks (eye corners,
+  nose tip and bridge) from their mean position, their mean frame-to-frame motion, and the spread of the
+  per-frame scale. Not a timing: the same on any machine.
 
 Output: JSON on stdout (and ``--json PATH``); the recorded run is in ``benchmarks/RESULTS.md`` (section
 "Video"). Timings are only comparable on an idle machine (the load average is in the report).
@@ -86,6 +90,39 @@ def bench_decode(video: str, size: int, repeats: int, max_frames: int | None) ->
             "decode_align_frames_per_s": _stats(_time(decode_align, repeats))}
 
 
+def alignment_stability(video: str, size: int) -> dict:
+    """Rigid-landmark stability of per-frame vs per-clip alignment on ``video`` (see the module docstring)."""
+    import numpy as np
+
+    from if3d.data.converters.align import alignment_matrix, detect_landmarks
+    from if3d.data.converters.base import _landmarker
+    from if3d.data.converters.video import read_video_frames
+
+    found = [detect_landmarks(_landmarker(), rgb) for _, rgb in read_video_frames(video)]
+    lms = np.stack([p for p in found if p is not None]).astype(np.float64)
+    rigid = [33, 133, 362, 263, 1, 6, 168]
+
+    def moved(m, pts):
+        return pts[rigid, :2] @ m[:, :2].T + m[:, 2]
+
+    per_frame = np.stack([moved(alignment_matrix(p, size, 0.25), p) for p in lms])
+    clip_m = alignment_matrix(np.median(lms, 0), size, 0.25)
+    per_clip = np.stack([moved(clip_m, p) for p in lms])
+    scales = [abs(np.linalg.det(alignment_matrix(p, size, 0.25)[:, :2])) ** 0.5 for p in lms]
+
+    def spread(pts):
+        return float(np.linalg.norm(pts - pts.mean(0), axis=-1).mean())
+
+    def motion(pts):
+        return float(np.linalg.norm(pts[1:] - pts[:-1], axis=-1).mean())
+
+    return {"frames": len(found), "faceless_frames": sum(p is None for p in found), "output_px": size,
+            "source_rigid_spread_px": spread(lms[:, rigid, :2]),
+            "frame": {"rigid_spread_px": spread(per_frame), "rigid_motion_px": motion(per_frame),
+                      "scale_range_rel": float((max(scales) - min(scales)) / np.mean(scales))},
+            "clip": {"rigid_spread_px": spread(per_clip), "rigid_motion_px": motion(per_clip)}}
+
+
 def bench_model(name: str, image_size: int, clip_length: int, batch: int, repeats: int) -> dict:
     """Evaluation frames/s over one whole clip and training clips/s (``batch`` clips × 3 frames) of one model."""
     import torch
@@ -136,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.video).is_file():
         report["video"] = {"file": args.video, **bench_decode(args.video, args.size, args.repeats,
                                                               8 if args.smoke else None)}
+        report["alignment"] = alignment_stability(args.video, args.size)
     else:
         report["video"] = {"skipped": f"{args.video} is absent"}
     report["models"] = {m: bench_model(m, args.image_size, args.clip_length, args.batch, args.repeats)

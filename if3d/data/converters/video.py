@@ -35,7 +35,7 @@ of its frames. Measured on the shared CK+ clip (``../shared/data/video/154368477
 output): rigid landmarks (eye corners, nose) stay within 0.55 px of their mean position with per-frame
 alignment and 0.99 px with one crop per clip (the head moves 1.6 px in the 720×480 source); frame-to-frame
 jitter is 0.46 vs 0.35 px, and the per-frame scale varies by 2.6 % (the landmark box grows with the
-expression). Per-frame alignment is the default because it keeps the face registered when the head moves
+expression; ``benchmarks/bench_video.py``, section ``alignment``). Per-frame alignment is the default because it keeps the face registered when the head moves
 (AFEW's films) at a sub-pixel cost on still lab sequences; ``clip`` suits static cameras. Emotion-FAN aligned
 every frame on its own (dlib 5-point ``get_face_chip``, 224 px, padding 0.25). Frames without a face are
 left out of their clip and counted (``faceless_frame``, per clip in ``clips.csv``); a clip without any face is
