@@ -102,8 +102,8 @@ class _ModelStep:
 
     def __init__(self, case: dict, model=None, optimizer=None):
         import torch
-        from if3d.losses import fer_loss
 
+        from if3d.losses import fer_loss
         from if3d.train.engine import autocast_context, build_optimizer, forward_model, model_kwargs_for
         from networks import create_model
 
@@ -285,8 +285,8 @@ def task_loader(case: dict) -> dict:
 def task_e2e(case: dict) -> dict:
     """The engine's training loop with its real loader, interleaved with model-only steps (same model)."""
     import torch
-    from if3d.train.distributed import DistInfo
 
+    from if3d.train.distributed import DistInfo
     from if3d.train.engine import (
         BatchPreparer,
         _EpochState,

@@ -25,6 +25,12 @@ One entry point, :func:`load_weights`, recognises the format of a file:
 ``"if3d-toolkit"``
     Our own checkpoints ``{'format': 'if3d-toolkit', 'model': state_dict, 'model_name',
     'model_kwargs', ...}`` (written by ``if3d.checkpoint``).
+``"torchvision_resnet"``
+    A ResNet in torchvision's layout (``conv1``, ``bn1``, ``layer1`` … ``layer4``, ``fc``; ``module.``
+    stripped), bare or under ``'state_dict'``: e.g. Emotion-FAN's ``Resnet18_FER+_pytorch.pth.tar``.
+``"emotion_fan"``
+    A trained Emotion-FAN ``ResNet_AT`` (the same plus ``alpha``, ``beta``, ``pred_fc1``, ``pred_fc2``);
+    loaded into the video models of :mod:`networks.video`.
 ``"state_dict"``
     A bare state dict with this toolkit's own key names.
 registered foreign sources
@@ -341,6 +347,8 @@ def _source_of_state_dict(sd: Mapping[str, Tensor]) -> str:
         return "ddamfn"
     if {"conv1", "conv_23", "conv_6_sep"} <= tops:
         return "mfn_module"
+    if {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"} <= tops and {"alpha", "beta"} & tops:
+        return "emotion_fan"  # a plain torchvision ResNet is the registered "torchvision_resnet" source
     return "state_dict"
 
 

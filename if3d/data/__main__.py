@@ -57,6 +57,14 @@ def _add_convert(sub) -> None:
     g.add_argument("--split-column", help="optional split column (default: detected: split, usage, subset)")
     g.add_argument("--class-map", help="extra class names: NAME=CANONICAL,... (e.g. 0=angry,1=disgust or "
                    "joyful=happy); CANONICAL is any known spelling or an index 0..7")
+    v = p.add_argument_group("--format video|afew|ckplus-sequences (clips of face frames: <out>/clips/...)")
+    v.add_argument("--fps", type=float, help="frames kept per second of video (default: every frame)")
+    v.add_argument("--clip-alignment", choices=("frame", "clip"),
+                   help="align every frame on its own landmarks (frame, default) or crop a whole clip with one "
+                   "alignment from its median landmarks (clip)")
+    v.add_argument("--skip-faceless-clips", action="store_true",
+                   help="leave out (and count) clips in which no frame has a face instead of stopping")
+    v.add_argument("--last-frames", type=int, help="keep only the last N frames of each sequence (default: all)")
     p.set_defaults(func=_run_convert)
 
 
@@ -67,7 +75,8 @@ def _run_convert(args) -> int:
             overwrite=args.overwrite, align=args.align, split_by=args.split_by, link=args.link, size=args.size,
             margin=args.margin, workers=args.workers, verbose=not args.quiet, labels=args.labels,
             image_column=args.image_column, label_column=args.label_column, split_column=args.split_column,
-            class_map=args.class_map)
+            class_map=args.class_map, fps=args.fps, clip_alignment=args.clip_alignment,
+            skip_faceless_clips=args.skip_faceless_clips, last_frames=args.last_frames)
     return 0
 
 

@@ -109,7 +109,8 @@ class FitResult:
 
 
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW of the recipe, with the fused / foreach implementation of the runtime settings.
+    """Adam, AdamW or SGD (with momentum) of the recipe, with the fused / foreach implementation of the
+    runtime settings.
 
     Raises:
         ValueError: an unknown optimizer or implementation.
@@ -119,22 +120,24 @@ def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.opt
         return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **impl)
     if r.optimizer == "adam":
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay, **impl)
-    raise ValueError(f"optimizer must be adam or adamw, got {r.optimizer!r}")
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, **impl)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {r.optimizer!r}")
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """The learning-rate schedule of the recipe and when it is stepped.
 
-    ``cyclic``: If3D's CyclicLR, per step. ``exponential``: DDAMFN's ExponentialLR, per epoch. ``cosine``:
-    cosine annealing from the recipe's ``lr`` to 0 over all steps of the run (per step; FER-crossval's
-    schedule). ``warmup_steps`` > 0 puts a linear warm-up from 1 % of the rate in front of a per-step
-    schedule (cosine, cyclic or none).
+    ``cyclic``: If3D's CyclicLR, per step. ``exponential``: DDAMFN's ExponentialLR, per epoch. ``step``:
+    StepLR, per epoch (Emotion-FAN's). ``cosine``: cosine annealing from the recipe's ``lr`` to 0 over all
+    steps of the run (per step; FER-crossval's schedule). ``warmup_steps`` > 0 puts a linear warm-up from
+    1 % of the rate in front of a per-step schedule (cosine, cyclic or none).
 
     Returns:
         ``(scheduler or None, "step" | "epoch")``.
 
     Raises:
-        ValueError: an unknown schedule, or a warm-up before the per-epoch exponential schedule.
+        ValueError: an unknown schedule, or a warm-up before a per-epoch schedule (exponential, step).
     """
     r = cfg.recipe
     total = r.epochs * steps_per_epoch
@@ -148,14 +151,18 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
         interval = "step"
     elif r.scheduler == "exponential":
         sched, interval = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=r.exp_gamma), "epoch"
+    elif r.scheduler == "step":
+        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=r.step_size, gamma=r.step_gamma)
+        interval = "epoch"
     elif r.scheduler == "none":
         sched, interval = None, "step"
     else:
-        raise ValueError(f"scheduler must be cyclic, exponential, cosine or none, got {r.scheduler!r}")
+        raise ValueError(f"scheduler must be cyclic, exponential, step, cosine or none, got {r.scheduler!r}")
     if r.warmup_steps <= 0:
         return sched, "epoch" if sched is None else interval
     if interval == "epoch":
-        raise ValueError("--warmup-steps works with the per-step schedules (cosine, cyclic, none), not exponential")
+        raise ValueError("--warmup-steps works with the per-step schedules (cosine, cyclic, none), not "
+                         "exponential or step")
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=r.warmup_steps)
     if sched is None:
         return warmup, "step"
