@@ -8,8 +8,9 @@ and criteria are registered (:mod:`networks.registry`); ``list_models()``, ``lis
 """
 
 # importing a module registers what it defines (networks.ddamfn registers "ddamfn", networks.fusion the
-# four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria)
-from networks import criteria, fusion  # noqa: F401
+# four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria, networks.au the AU
+# regressor and its criterion)
+from networks import au, criteria, fusion  # noqa: F401
 from networks.criteria import Criterion, LossOutput
 from networks.ddamfn import DDAMFN, DDAHead, attention_loss
 from networks.if3d import If3DNet, infer_if3d_config
