@@ -44,6 +44,9 @@ PROBLEM_KINDS: dict[str, str] = {
     "vote_no_majority": "FERPlus: no class has more than half of the votes; dropped",
     "not_an_expression": "AffectNet: None/Uncertain/No-Face label; dropped",
     "renamed_duplicate": "two source files map to the same output name; the later one was renamed",
+    # AU converters (if3d.data.au)
+    "missing_video": "AU labels whose video is missing; skipped (skip_missing) or an error",
+    "missing_frame": "labelled frame without its image, or past the video's end; skipped (skip_missing) or an error",
 }
 
 
