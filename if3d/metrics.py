@@ -1,4 +1,5 @@
-"""Expression-classification and valence/arousal metrics (scikit-learn for the classification part).
+"""Expression-classification, valence/arousal and AU-intensity metrics (scikit-learn for the classification
+part; ICC(3,1) after Shrout & Fleiss 1979 for AU intensities).
 
 The dicts returned here are what ``metrics.json`` of the test script holds and what the
 training engine logs per epoch; every value is a plain Python number, list or dict, ready for

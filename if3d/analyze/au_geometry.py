@@ -68,7 +68,8 @@ feature over the track (the person-specific normalisation of Baltrušaitis, Mahm
 used by OpenFace: it assumes the face is neutral most of the time); ``first`` — the median over the first
 frames of the track (posed sequences that start neutral, e.g. CK+); ``population`` — :data:`POPULATION_NEUTRAL`,
 the median features of the 70 neutral-labelled photos of ``wild/uncropped`` (see the constant), for single
-images and short tracks, where no neutral of the person exists.
+images and short tracks, where no neutral of the person exists (the weakest case: people's resting faces
+differ; ``python -m if3d.analyze.calibrate --emfacs`` measures the agreement with expression labels).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ GEOMETRIC_AUS: tuple[GeometricAU, ...] = (
 """The AUs read from geometry (AU14 dimpler and AU23 lip tightener are not resolved by the mesh)."""
 
 #: Median features of the 70 neutral-labelled photos of ``../shared/data/wild/uncropped``
-#: (``python -m if3d.analyze.au_geometry --calibrate ../shared/data/wild/uncropped
+#: (``python -m if3d.analyze.calibrate --calibrate ../shared/data/wild/uncropped
 #: --labels ../shared/data/wild/uncropped_labels.csv``; 70 of 70 faces found).
 POPULATION_NEUTRAL: dict[str, float] = {
     "brow_inner": 0.2223, "brow_outer": 0.2094, "brow_gap": 0.4319, "upper_lid": 0.0484, "lower_lid": 0.0739,
@@ -314,48 +315,3 @@ def _scale(delta: np.ndarray, full: float) -> np.ndarray:
     d = np.asarray(delta, dtype=np.float64)
     return np.where(np.isfinite(d), 5.0 * np.clip(d / full, 0.0, 1.0), np.nan)
 
-
-def calibrate_population_neutral(folder: str, labels_csv: str, label: str = "neutral") -> tuple[dict[str, float], int, int]:
-    """Median features of the photos of one class (how :data:`POPULATION_NEUTRAL` was made).
-
-    Args:
-        folder: image folder.
-        labels_csv: CSV with ``image`` and ``emotion`` (or ``label``) columns, image names relative to ``folder``.
-        label: the class whose photos are used.
-
-    Returns:
-        ``(feature → median, faces found, photos of the class)``.
-    """
-    import csv
-    from pathlib import Path
-
-    from if3d.analyze.faces import FaceDetector
-    from if3d.data.images import decode_image
-    from if3d.render.mediapipe_backend import head_pose
-
-    with open(labels_csv, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    names = [r["image"] for r in rows if (r.get("emotion") or r.get("label") or "").strip().lower() == label]
-    feats = []
-    with FaceDetector(max_faces=1, video=False) as detector:
-        for name in names:
-            faces = detector.detect(decode_image(Path(folder) / name))
-            if faces:
-                lm = faces[0].landmarks
-                feats.append(geometric_features(lm[None], head_pose(lm)["rotation"][None])[0])
-    med = np.median(np.stack(feats), axis=0)
-    return {k: round(float(v), 4) for k, v in zip(FEATURES, med)}, len(feats), len(names)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Median geometric features of a class of labelled photos "
-                                     "(the population neutral reference).")
-    parser.add_argument("--calibrate", required=True, help="image folder")
-    parser.add_argument("--labels", required=True, help="CSV of image,emotion rows")
-    parser.add_argument("--label", default="neutral")
-    a = parser.parse_args()
-    values, found, total = calibrate_population_neutral(a.calibrate, a.labels, a.label)
-    print(f"{found} of {total} faces found")
-    print(values)
