@@ -15,7 +15,8 @@ oneDNN primitives). Target (``benchmarks/RESULTS.md``): ``faces`` and ``photo_mo
 2-core CPU. Timings are only comparable on an idle machine: the load averages at the start and the end are in
 the result. ``--smoke`` runs 8 frames once to check that the benchmark works (its figures mean nothing).
 
-    python benchmarks/bench_analyze.py --repeats 3 --threads 2 --json benchmarks/analyze_results.json
+    python benchmarks/bench_analyze.py --repeats 3 --json benchmarks/analyze_results.json
+    python benchmarks/bench_analyze.py --repeats 3 --threads 1 --amp bf16     # a shared machine, bf16 autocast
     python benchmarks/bench_analyze.py --smoke
 """
 
@@ -48,6 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="autocast of the models (default: the device's)")
     p.add_argument("--max-frames", type=int, help="analyse only the first N frames")
     p.add_argument("--json", type=Path, help="also write the JSON result here")
     p.add_argument("--smoke", action="store_true", help="8 frames, 1 run: check that it works")
@@ -93,7 +95,7 @@ def measure(pipeline: str, args, folder: Path) -> dict:
     checkpoint = _checkpoint(folder, ckpt) if ckpt else None
     runs, stages = [], []
     with Analyzer(checkpoint=checkpoint, device=args.device, batch_size=args.batch_size,
-                  threads=args.threads) as analyzer:
+                  threads=args.threads, amp=args.amp) as analyzer:
         for i in range(args.repeats + 1):
             result = analyzer.run(_Head(VideoSource(args.video), args.max_frames), str(args.video))
             frames = result.frames
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
             results.append(r)
     report = {
         "benchmark": "bench_analyze", "smoke": args.smoke, "video": str(args.video), "repeats": args.repeats,
-        "batch_size": args.batch_size, "threads": args.threads or torch.get_num_threads(),
+        "batch_size": args.batch_size, "threads": args.threads or torch.get_num_threads(), "amp": args.amp,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "seconds": round(time.time() - started, 1), "python": platform.python_version(),

@@ -116,7 +116,8 @@ def test_an_unreadable_image_stops_the_run_but_keeps_what_was_done(data_dir, tmp
 def test_skip_unreadable_counts_the_bad_image_and_rows_frames_without_a_face(data_dir, tmp_path):
     folder = _photo_folder(data_dir, tmp_path / "photos")
     out = tmp_path / "out"
-    assert run([str(folder), "--out", str(out), "--quiet", "--skip-unreadable", "--no-landmark-columns"]) == 0
+    assert run([str(folder), "--out", str(out), "--quiet", "--skip-unreadable", "--no-landmark-columns",
+                "--save-renders"]) == 0
     df = pd.read_csv(out / "results.csv")
     assert df.groupby("path")["face_detected"].any().to_dict() == {
         str(folder / "Adam_Mair_0001.jpg"): True, str(folder / "Billy_Edelin_0001.jpg"): True,
@@ -128,6 +129,11 @@ def test_skip_unreadable_counts_the_bad_image_and_rows_frames_without_a_face(dat
     assert info["skipped_files"][0]["file"].endswith("d_broken.jpg")
     assert sorted(p.name for p in (out / "photos" / "annotated").iterdir()) == [
         "Adam_Mair_0001.png", "Billy_Edelin_0001.png", "c_wall.png"]
+    # each face's 3D render: image 0 and 1 have a face (frame numbers are the images' places in the folder)
+    renders = sorted(p.name for p in (out / "photos" / "renders").iterdir())
+    assert renders == ["000000_0.png", "000001_0.png"]
+    render = cv2.imread(str(out / "photos" / "renders" / renders[0]))
+    assert 0.2 < (render.max(2) > 0).mean() < 0.9  # a grey face on black
 
 
 def test_webcam_mode_records_and_analyses_a_stand_in_stream(data_dir, tmp_path):

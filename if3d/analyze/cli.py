@@ -17,6 +17,7 @@ Output folder (``--out``; created, or reused when an earlier analysis wrote it):
     <name>/annotated.mp4   videos: the annotated frames side by side with the timing diagram and its cursor
     <name>/annotated.png   an image (a folder: <name>/annotated/<relative path>.png)
     <name>/recording.mp4   record mode: the captured video
+    <name>/renders/        --save-renders: each face's 3D render, <frame>_<face id>.png (what a fusion model sees)
     <name>/input.json      what was analysed and with which settings (a re-run skips inputs whose file and
                            settings did not change: an interrupted run resumes)
 
@@ -79,6 +80,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    default="auto", help="neutral reference of the geometric AUs (default auto)")
     p.add_argument("--emfacs-threshold", type=float, default=0.8, help="match an EMFACS prototype needs")
     p.add_argument("--no-annotate", action="store_true", help="no annotated video or images")
+    p.add_argument("--no-render-inset", action="store_true",
+                   help="annotated outputs without each face's 3D render beside its box")
+    p.add_argument("--save-renders", action="store_true",
+                   help="also write each face's 3D render to <name>/renders/<frame>_<face id>.png")
     p.add_argument("--no-landmark-columns", action="store_true",
                    help="leave the 1,434 landmark columns x_0 ... z_477 out of the result files")
     p.add_argument("--skip-unreadable", action="store_true",
@@ -206,7 +211,7 @@ def _run(args, cfg, inputs: list[str], missing: list[str], stop: _Stop) -> int:
         dev = args.webcam
         jobs.append((None, f"webcam{dev if str(dev).isdigit() else ''}_{time.strftime('%Y%m%d-%H%M%S')}"))
     record = {"settings": {**asdict(cfg), "annotate": not args.no_annotate,
-                           "landmark_columns": not args.no_landmark_columns},
+                           "landmark_columns": not args.no_landmark_columns, "save_renders": args.save_renders},
               "inputs": [], "skipped_inputs": [{"input": m, "problem": "no such file or folder"} for m in missing]}
     parts, summaries, status = [], [], 0
     columns: list[str] | None = None
@@ -280,7 +285,7 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
     Returns:
         ``(results.csv of the input, its summary table, its analysis.json record, its columns)``.
     """
-    from if3d.analyze.annotate import write_annotated_image, write_annotated_video
+    from if3d.analyze.annotate import FaceRenderer, write_annotated_image, write_annotated_video
     from if3d.analyze.pipeline import AnalysisInterrupted
     from if3d.analyze.report import read_results_csv, summarize, write_results_csv
     from if3d.analyze.sources import CameraSource, InputError, open_source
@@ -290,13 +295,18 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
+    _remove_stale_videos(folder)
     settings = {**asdict(analyzer.config), "annotate": not args.no_annotate,
-                "landmark_columns": not args.no_landmark_columns}
+                "landmark_columns": not args.no_landmark_columns, "save_renders": args.save_renders,
+                "render_inset": not args.no_render_inset}
     settings.pop("skip_unreadable")
     settings.pop("threads")
     stamp = None
     if given is not None:
-        stamp = {"input": str(Path(given).resolve()), **_fingerprint(Path(given)), "settings": settings}
+        models = {k: _fingerprint(Path(v)) for k, v in (("checkpoint", analyzer.config.checkpoint),
+                                                         ("au_checkpoint", analyzer.config.au_checkpoint)) if v}
+        stamp = {"input": str(Path(given).resolve()), **_fingerprint(Path(given)), "settings": settings,
+                 "models": models}
         prev = folder / "input.json"
         try:
             old = json.loads(prev.read_text(encoding="utf-8")) if prev.is_file() else None
@@ -340,15 +350,24 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
             save_timing_diagram(folder / "timing.png", result.table, result.main_face(), result.aus,
                                 result.class_names, result.fps, title=f"{Path(label).name}, face {result.main_face()}")
         if not args.no_annotate:
-            if video:
-                n = write_annotated_video(folder / "annotated.mp4", source.path, result,
-                                          title=f"{Path(label).name}, face {result.main_face()}",
-                                          progress=not args.quiet)
-                if n != result.frames:
-                    result.notes.append(f"{label}: the annotated video has {n} frames, the analysis {result.frames} "
-                                        "(the file decoded differently the second time)")
-            else:
-                _annotate_images(source, result, folder, write_annotated_image)
+            renderer = None if args.no_render_inset and not args.save_renders else FaceRenderer()
+            if renderer is not None and renderer.problem:
+                result.notes.append(f"{label}: {renderer.problem}")
+            render_dir = folder / "renders" if args.save_renders else None
+            try:
+                if video:
+                    n = write_annotated_video(folder / "annotated.mp4", source.path, result,
+                                              title=f"{Path(label).name}, face {result.main_face()}",
+                                              progress=not args.quiet, renderer=renderer, render_dir=render_dir)
+                    if n != result.frames:
+                        result.notes.append(f"{label}: the annotated video has {n} frames, the analysis "
+                                            f"{result.frames} (the file decoded differently the second time)")
+                else:
+                    _annotate_images(source, result, folder,
+                                     lambda *a: write_annotated_image(*a, renderer=renderer, render_dir=render_dir))
+            finally:
+                if renderer is not None:
+                    renderer.close()
         fps_rate = result.frames / result.timings["total"] if result.timings.get("total") else float("nan")
         info = {"input": label, "name": name, "kind": result.kind, "frames": result.frames,
                 "frames_without_face": result.frames_without_face,
@@ -371,6 +390,26 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
         return folder / "results.csv", summary, info, cols
     finally:
         result.close()
+
+
+def _remove_stale_videos(folder: Path) -> None:
+    """Delete the hidden ``.mp4`` temporaries (annotated video, recording) of runs that were killed outright.
+
+    OpenCV's writer needs a ``.mp4`` name, so these cannot carry ``if3d.atomic``'s suffix; they are named
+    ``.<file>.<pid>.…mp4`` and removed here when that process no longer runs.
+    """
+    for p in folder.iterdir():
+        if not (p.name.startswith(".") and p.name.endswith(".mp4") and p.is_file()):
+            continue
+        pid = next((int(part) for part in p.name.split(".") if part.isdigit()), None)
+        if pid is None or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass
 
 
 def _device(value: str) -> int | str:

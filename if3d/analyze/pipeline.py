@@ -53,6 +53,7 @@ from if3d.analyze import au_geometry, emfacs
 from if3d.analyze.faces import FaceDetector, FaceTracker
 from if3d.analyze.smoothing import FILTERS, smooth_track, window_frames
 from if3d.analyze.sources import Frame, open_source
+from if3d.atomic import TMP_SUFFIX
 from if3d.render.landmarks import NUM_LANDMARKS
 
 __all__ = ["AnalysisInterrupted", "AnalysisResult", "Analyzer", "AnalyzerConfig", "analyze_paths", "au_column",
@@ -155,7 +156,8 @@ class LandmarkStore:
         self._file = None
         self._path: str | None = None
         if spill_dir is not None:
-            fd, self._path = tempfile.mkstemp(prefix=".landmarks.", suffix=".f32", dir=spill_dir)
+            # named like if3d.atomic's temporaries, so a run killed outright leaves nothing a re-run keeps
+            fd, self._path = tempfile.mkstemp(prefix=f".landmarks.{os.getpid()}.", suffix=TMP_SUFFIX, dir=spill_dir)
             self._file = os.fdopen(fd, "wb")
 
     def append(self, landmarks: np.ndarray) -> int:
@@ -351,8 +353,7 @@ class Analyzer:
                     bar.update(1)
                 if should_stop is not None and should_stop():
                     if source.kind == "webcam":
-                        source.stop_requested = True
-                        break
+                        break  # the recording ends here and is analysed
                     raise AnalysisInterrupted(f"{name}: stopped at frame {frame.index + 1}")
             acc.flush()
         except BaseException:
