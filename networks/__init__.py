@@ -9,8 +9,9 @@ and criteria are registered (:mod:`networks.registry`); ``list_models()``, ``lis
 
 # importing a module registers what it defines (networks.ddamfn registers "ddamfn", networks.fusion the
 # four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria, networks.backbones
-# the backbones of the model zoo, networks.zoo the published FER networks with their criteria and recipes)
-from networks import backbones, criteria, fusion, zoo  # noqa: F401
+# the backbones of the model zoo, networks.zoo the published FER networks with their criteria and recipes,
+# networks.au the AU regressor and its criterion)
+from networks import au, backbones, criteria, fusion, zoo  # noqa: F401
 from networks.criteria import Criterion, LossOutput
 from networks.ddamfn import DDAMFN, DDAHead, attention_loss
 from networks.if3d import If3DNet, infer_if3d_config

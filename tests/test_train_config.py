@@ -74,6 +74,8 @@ def test_bad_option_values_are_refused_up_front(tmp_path, capsys):
             assert "ddamfn" in err
             assert "if3d_gate" in err
         assert err.count("\n") == 1  # one line, no traceback
+        if argv[0] == "--model":
+            assert "ddamfn, " in err  # the registered models are listed
     with pytest.raises(ConfigError, match="--epochs must be"):
         config_from_preset("if3d", epochs=-1, data="x").validate()
 

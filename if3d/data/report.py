@@ -50,6 +50,9 @@ PROBLEM_KINDS: dict[str, str] = {
     "faceless_clip": "clip in which no frame has a face; skipped (--skip-faceless-clips) or an error",
     "unreadable_video": "video file that cannot be opened or decoded; skipped",
     "unlabelled_clip": "clip without a label (e.g. a CK+ sequence without an emotion file); skipped",
+    # AU converters (if3d.data.au)
+    "missing_video": "AU labels whose video is missing; skipped (skip_missing) or an error",
+    "missing_frame": "labelled frame without its image, or past the video's end; skipped (skip_missing) or an error",
 }
 
 

@@ -9,8 +9,9 @@ where absent, ``has_va`` bool, ``index`` int, plus any other stream the model re
 (:class:`~if3d.data.dataset.PairedDataset`); every other stream is added by the reader registered for
 it (:func:`register_stream_reader`). A model that reads clips (:data:`CLIP_STREAMS`: the video models)
 gets the split's clips instead (:class:`~if3d.data.clips.ClipDataset`, ``<root>/clips/<split>``, decoded from
-the frame files: the pre-decoded cache holds photo datasets only). The
-training engine, the test script and the benchmarks all open their data here.
+the frame files: the pre-decoded cache holds photo datasets only). A canonical AU dataset (``au.json``,
+:mod:`if3d.data.au`) opens as its face photos with AU-intensity targets (``au``, ``au_mask``). The training
+engine, the test script and the benchmarks all open their data here.
 """
 
 from __future__ import annotations
@@ -152,9 +153,16 @@ class SplitSource:
     def class_names(self) -> list[str]:
         """The split's class names in label order: ``classes.json`` of the root, else AffectNet-8.
 
+        An AU dataset's "classes" are its AUs (``au.json``, :mod:`if3d.data.au`): the outputs of a model
+        trained on it.
+
         Raises:
             if3d.data.report.LayoutError: a canonical root without a readable ``classes.json``.
         """
+        from if3d.data.au import is_au_dataset, read_au_info
+
+        if is_au_dataset(self.data_root):
+            return list(read_au_info(self.data_root)["aus"])
         return layout.read_classes(self.data_root) if self.data_root is not None else list(AFFECTNET8)
 
 
@@ -304,6 +312,12 @@ def open_split(
     if any(s in CLIP_STREAMS for s in streams):
         return subset_dataset(_open_clips(source, image_size, "render_clip" in streams, skip_missing_renders,
                                           num_classes), max_samples, seed)
+
+    from if3d.data.au import is_au_dataset, open_au_split
+
+    if is_au_dataset(source.data_root):  # face photos with AU intensity targets (au, au_mask), no class labels
+        return open_au_split(source.data_root, source.split, image_size=image_size, streams=streams,
+                             max_samples=max_samples, seed=seed)
     others = [s for s in streams if s not in IMAGE_STREAMS]
     unknown = [s for s in others if s not in _STREAM_READERS]
     if unknown:
