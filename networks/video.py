@@ -51,9 +51,9 @@ names; ``fc`` is discarded, as their loader does). Their trained FAN checkpoints
 (fan_relation). Emotion-FAN's class order is AFEW: Happy, Angry, Disgust, Fear, Sad, Neutral,
 Surprise; CK+: Happy, Angry, Disgust, Fear, Sad, Contempt, Surprise (:data:`EMOTION_FAN_CLASSES`).
 
-Backbone: a ResNet-18 (torchvision's definition) is registered here as ``resnet18`` (layer4 map) when
-no other module registered that name first; any registered backbone works (``mixedfeaturenet``: its
-7×7 map is average-pooled the same way).
+Backbone: the registered ``resnet18`` (torchvision's definition up to layer4, :mod:`networks.backbones.resnet`)
+by default, as the paper; any registered backbone works (``mixedfeaturenet``: its 7×7 map is
+average-pooled the same way).
 """
 
 from __future__ import annotations
@@ -68,14 +68,11 @@ from torch import Tensor
 
 from networks.criteria import Criterion, LossOutput
 from networks.registry import (
-    BackboneSpec,
     backbone_spec,
     create_backbone,
     create_fusion,
     fusion_spec,
-    list_backbones,
     list_fusions,
-    register_backbone,
     register_criterion,
     register_model,
 )
@@ -86,7 +83,6 @@ __all__ = [
     "FrameAttentionNet",
     "FrameAttentionOutput",
     "FrameCrossEntropyCriterion",
-    "ResNet18Features",
     "attention_pool",
     "fan_baseline",
     "fan_relation",
@@ -111,42 +107,6 @@ EMOTION_FAN_RECIPE = {
 #: Emotion-FAN's dropout rates: before the attention layers, before the classifier of fan_self / fan_relation.
 _ATTENTION_DROPOUT = 0.5
 _CLASSIFIER_DROPOUT = {"self": 0.5, "relation": 0.6, "mean": 0.0}
-
-
-# ============================================================================================ backbone
-
-
-class ResNet18Features(nn.Module):
-    """ResNet-18 without its pooling and classifier: faces [B, 3, S, S] → layer4 map [B, 512, ⌈S/32⌉, ⌈S/32⌉].
-
-    torchvision's ``resnet18`` definition (He et al., CVPR 2016) with its module names (``conv1``, ``bn1``,
-    ``layer1`` … ``layer4``), so ResNet-18 state dicts in torchvision's layout (Emotion-FAN's, DAN's
-    MS-Celeb weights) load key for key. Randomly initialised (no download): load weights from a file.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        from torchvision.models import resnet18
-
-        net = resnet18(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """[B, 3, S, S] normalised float → [B, 512, s, s] (s = 4 at S = 112, 7 at S = 224)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)
-
-
-if "resnet18" not in list_backbones():
-    register_backbone("resnet18", BackboneSpec(
-        input_size=112, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), out_channels=512, feature_size=4,
-        weights="user file: a torchvision-layout ResNet-18 state dict (Emotion-FAN's Resnet18_FER+_pytorch.pth.tar "
-                "or MS-Celeb-1M weights), loaded with networks.load_weights",
-    ))(ResNet18Features)
 
 
 # ============================================================================================ pooling

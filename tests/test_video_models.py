@@ -139,13 +139,14 @@ def test_per_frame_fusion_with_renders(real_frames):
     assert model.input_streams == ("clip", "render_clip", "frame_mask")
     assert model.feature_dim == 1024
     assert model.backbone_prefixes == ("backbone.",)
-    x, mask = _clip(real_frames[:1], size=112)
+    size = networks.backbone_spec("resnet18").input_size  # the fusion is built for the backbone's map
+    x, mask = _clip(real_frames[:1], size=size)
     out = model.train()(x, x.flip(-1), mask)
     out.logits.sum().backward()
     assert out.frame_features.shape == (2, 1, 1024)
     gate = networks.create_model("fan_self", num_classes=7, fusion="gate")
     assert gate.backbone_prefixes == ("photo_backbone.", "render_backbone.")
-    with pytest.raises(ValueError, match="112"):
+    with pytest.raises(ValueError, match=str(size)):
         gate.eval()(torch.zeros(1, 2, 3, 96, 96), torch.zeros(1, 2, 3, 96, 96), torch.ones(1, 2, dtype=torch.bool))
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import networks
 from if3d.checkpoint import load_checkpoint
 from if3d.data.__main__ import main as data_main
 from if3d.evaluate import run as evaluate_cli
@@ -90,7 +91,8 @@ def test_per_frame_fusion_trains_on_clips_and_their_renders(tmp_path):
     out = tmp_path / "fusion"
     args = ["--model", "fan_self", "--fusion", "linear", "--data", str(data), "--out", str(out), *COMMON,
             "--epochs", "1", "--max-train-samples", "4", "--max-val-samples", "2"]
-    args[args.index("--image-size") + 1] = "112"  # the fusion is built for the backbone's 112-px map
+    # the fusion is built for the backbone's map at its input size
+    args[args.index("--image-size") + 1] = str(networks.backbone_spec("resnet18").input_size)
     assert train(args) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["run"]["input_streams"] == ["clip", "render_clip", "frame_mask"]
