@@ -109,15 +109,17 @@ def default_out_dir(checkpoint: str | os.PathLike, split: str) -> Path:
 
 
 def default_split(data: str | os.PathLike) -> str:
-    """The held-out split of a canonical dataset: ``test`` when it exists, else ``val``.
+    """The held-out split of a canonical dataset (images or clips): ``test`` when it exists, else ``val``.
 
     Raises:
         FileNotFoundError: neither exists.
     """
+    from if3d.data.layout import split_exists
+
     for split in ("test", "val"):
-        if (Path(data) / "photos" / split).is_dir():
+        if split_exists(data, split):
             return split
-    raise FileNotFoundError(f"{data}: no photos/test or photos/val split; give --split NAME")
+    raise FileNotFoundError(f"{data}: no test or val split (photos/ or clips/); give --split NAME")
 
 
 def write_predictions_csv(path: Path, results: dict, class_names: Sequence[str], paths: Sequence[str]) -> None:

@@ -84,3 +84,63 @@ def plot_confusion_matrix(
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     finally:
         plt.close(fig)
+
+
+def plot_frame_attention(
+    self_weights: Sequence[float] | np.ndarray,
+    final_weights: Sequence[float] | np.ndarray | None,
+    path: str | os.PathLike,
+    *,
+    frame_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Bars of the frame attention weights of one clip, as Emotion-FAN's figure (blue: self-attention,
+    orange: final weights of self- and relation-attention), saved as PNG (atomic write).
+
+    Args:
+        self_weights: [T] the self-attention weights α_i, normalised over the clip (α_i / Σα).
+        final_weights: [T] the final aggregation weights α_iβ_i / Σαβ (relation-attention models), or None.
+        path: output ``.png`` path; parent folders are created.
+        frame_labels: T tick labels (frame numbers); default 0..T-1.
+        title: the plot title.
+        dpi: resolution.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: empty weights, or weights and labels of different lengths.
+    """
+    a = np.asarray(self_weights, dtype=np.float64).reshape(-1)
+    b = None if final_weights is None else np.asarray(final_weights, dtype=np.float64).reshape(-1)
+    if a.size == 0 or (b is not None and b.shape != a.shape):
+        raise ValueError(f"need T >= 1 self weights and as many final weights, got {a.shape} and "
+                         f"{None if b is None else b.shape}")
+    labels = [str(i) for i in range(a.size)] if frame_labels is None else [str(x) for x in frame_labels]
+    if len(labels) != a.size:
+        raise ValueError(f"{len(labels)} frame labels for {a.size} frames")
+    x = np.arange(a.size)
+    fig, ax = plt.subplots(figsize=(max(5.0, min(16.0, 2.0 + 0.25 * a.size)), 3.2))
+    width = 0.4 if b is not None else 0.8
+    ax.bar(x - (width / 2 if b is not None else 0), a, width, color="tab:blue", label="self-attention")
+    if b is not None:
+        ax.bar(x + width / 2, b, width, color="tab:orange", label="final (self × relation)")
+    step = max(1, a.size // 20)
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels(labels[::step], rotation=90 if step == 1 and a.size > 20 else 0, fontsize=8)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("weight (sums to 1 over the clip)")
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        plt.close(fig)

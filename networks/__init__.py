@@ -8,8 +8,10 @@ and criteria are registered (:mod:`networks.registry`); ``list_models()``, ``lis
 """
 
 # importing a module registers what it defines (networks.ddamfn registers "ddamfn", networks.fusion the
-# four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria)
-from networks import criteria, fusion  # noqa: F401
+# four If3D strategies and their models if3d_<strategy>, networks.criteria the criteria, networks.backbones
+# the backbones of the model zoo, networks.zoo the published FER networks with their criteria and recipes,
+# networks.au the AU regressor and its criterion)
+from networks import au, backbones, criteria, fusion, zoo  # noqa: F401
 from networks.criteria import Criterion, LossOutput
 from networks.ddamfn import DDAMFN, DDAHead, attention_loss
 from networks.if3d import If3DNet, infer_if3d_config
@@ -41,7 +43,11 @@ from networks.weights import (
     WeightLoadError,
     build_model_from_checkpoint,
     load_weights,
+    register_weight_source,
 )
+
+# video models (Emotion-FAN) last: they register the resnet18 backbone only when no module above did
+from networks import video  # noqa: E402, F401, I001  isort: skip
 
 __all__ = [
     "BackboneSpec",
@@ -76,4 +82,5 @@ __all__ = [
     "register_criterion",
     "register_fusion",
     "register_model",
+    "register_weight_source",
 ]

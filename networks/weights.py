@@ -25,8 +25,19 @@ One entry point, :func:`load_weights`, recognises the format of a file:
 ``"if3d-toolkit"``
     Our own checkpoints ``{'format': 'if3d-toolkit', 'model': state_dict, 'model_name',
     'model_kwargs', ...}`` (written by ``if3d.checkpoint``).
+``"torchvision_resnet"``
+    A ResNet in torchvision's layout (``conv1``, ``bn1``, ``layer1`` … ``layer4``, ``fc``; ``module.``
+    stripped), bare or under ``'state_dict'``: e.g. Emotion-FAN's ``Resnet18_FER+_pytorch.pth.tar``.
+``"emotion_fan"``
+    A trained Emotion-FAN ``ResNet_AT`` (the same plus ``alpha``, ``beta``, ``pred_fc1``, ``pred_fc2``);
+    loaded into the video models of :mod:`networks.video`.
 ``"state_dict"``
     A bare state dict with this toolkit's own key names.
+registered foreign sources
+    Layouts of other projects that a model file teaches :func:`read_checkpoint` with
+    :func:`register_weight_source` (``"poster"``, ``"poster_v2"``, ``"lnsu_net"``, ``"ir50"``,
+    ``"mobilefacenet"``, ``"swin"`` from ``networks.zoo`` and ``networks.backbones``); their detectors are
+    asked before the rules above and the model's ``remap_state_dict`` translates them.
 
 Every file except the whole-module pickle is read with ``torch.load(weights_only=True)`` (the
 foreign checkpoints hold only tensors, dicts, ints and floats; numpy scalars are also accepted);
@@ -44,7 +55,7 @@ from __future__ import annotations
 import collections
 import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +64,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from networks.numpy_pickle import read_numpy_state_pickle
 from networks.safe_pickle import AllowListUnpickler, UnsafePickleError, numpy_multiarray
 
 __all__ = [
@@ -66,6 +78,7 @@ __all__ = [
     "load_state_dict_checked",
     "load_weights",
     "read_checkpoint",
+    "register_weight_source",
 ]
 
 #: sources that need no remapping (keys are this toolkit's own)
@@ -297,7 +310,36 @@ def _check_tensors(sd: Mapping[str, Any], path: str, what: str) -> dict[str, Ten
     return dict(sd)
 
 
+#: foreign source name → (detector ``(state dict with the file's key names) -> bool``, model builder or None),
+#: detectors asked in order before the built-in rules; added by the models that load that layout
+#: (:func:`register_weight_source`)
+_FOREIGN_SOURCES: dict[str, tuple[Callable[[Mapping[str, Tensor]], bool],
+                                  Callable[[Mapping[str, Tensor]], tuple[str, dict[str, Any]]] | None]] = {}
+
+
+def register_weight_source(name: str, detect: Callable[[Mapping[str, Tensor]], bool],
+                           build: Callable[[Mapping[str, Tensor]], tuple[str, dict[str, Any]]] | None = None) -> None:
+    """Teach :func:`read_checkpoint` a foreign layout: a state dict for which ``detect`` is true gets source
+    ``name``, and :func:`load_state_dict_checked` hands it to the model's ``remap_state_dict(sd, name)``.
+
+    Args:
+        name: the source name.
+        detect: recognises the layout from the file's keys.
+        build: for files that hold a whole model: ``state_dict -> (registered model name, builder kwargs)``,
+            so :func:`build_model_from_checkpoint` (and the test script) can build it; None for partial files.
+
+    Raises:
+        ValueError: ``name`` is a built-in source or is registered twice.
+    """
+    if name in (*NATIVE_SOURCES, "if3d", "ddamfn", "mfn_module") or name in _FOREIGN_SOURCES:
+        raise ValueError(f"weight source {name!r} is built in or registered twice")
+    _FOREIGN_SOURCES[name] = (detect, build)
+
+
 def _source_of_state_dict(sd: Mapping[str, Tensor]) -> str:
+    for name, (detect, _) in _FOREIGN_SOURCES.items():
+        if detect(sd):
+            return name
     tops = {k.split(".", 1)[0] for k in sd}
     if tops & _IF3D_TOP_KEYS:
         return "if3d"
@@ -305,6 +347,8 @@ def _source_of_state_dict(sd: Mapping[str, Tensor]) -> str:
         return "ddamfn"
     if {"conv1", "conv_23", "conv_6_sep"} <= tops:
         return "mfn_module"
+    if {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"} <= tops and {"alpha", "beta"} & tops:
+        return "emotion_fan"  # a plain torchvision ResNet is the registered "torchvision_resnet" source
     return "state_dict"
 
 
@@ -324,7 +368,9 @@ def _classify(obj: Any, path: str) -> Checkpoint:
             raise CheckpointFormatError(f"{path}: if3d-toolkit checkpoint without a 'model' entry")
         meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
         return Checkpoint(path, "if3d-toolkit", _check_tensors(obj["model"], path, "model"), meta)
-    for container in ("model_state_dict", "state_dict"):
+    # DDAMFN/If3D/POSTER: model_state_dict; POSTER++ and the landmark MobileFaceNet: state_dict; LNSU-Net:
+    # state_dict_model (trained) and state_dict_backbone (its Swin-T); Microsoft's Swin files: model
+    for container in ("model_state_dict", "state_dict", "state_dict_model", "state_dict_backbone", "model"):
         if container in obj and isinstance(obj[container], Mapping):
             sd = _check_tensors(_strip_module_prefix(obj[container]), path, container)
             meta = {
@@ -369,6 +415,10 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(spath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
+        # a plain pickle of {name: numpy array} (VGGFace2's weight files), read through its own allow-list
+        arrays = read_numpy_state_pickle(spath)
+        if arrays is not None:
+            return Checkpoint(spath, _source_of_state_dict(arrays), arrays, {"file_format": "numpy pickle"})
         # globals beyond plain tensors/containers: maybe a whole pickled module; retry restricted
         try:
             with warnings.catch_warnings():
@@ -500,7 +550,8 @@ def build_model_from_checkpoint(
     * ``ddamfn``: ``create_model("ddamfn", num_classes=<rows of fc.weight>, num_heads=<cat_head count>)``;
     * ``if3d``: ``create_model(*networks.if3d.infer_if3d_config(state_dict))``;
     * ``mfn_module``: a full :class:`~networks.mixedfeaturenet.MixedFeatureNet` (with embedding head
-      when the file has one).
+      when the file has one);
+    * a registered foreign source with a builder (:func:`register_weight_source`): the model it names.
 
     Raises:
         CheckpointFormatError: a bare state dict (no model description), or keys that do not allow
@@ -530,6 +581,12 @@ def build_model_from_checkpoint(
 
         emb = sd.get("linear.weight")
         model = MixedFeatureNet(embedding_size=None if emb is None else int(emb.shape[0]))
+    elif ckpt.source in _FOREIGN_SOURCES and _FOREIGN_SOURCES[ckpt.source][1] is not None:
+        try:
+            name, kwargs = _FOREIGN_SOURCES[ckpt.source][1](sd)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointFormatError(f"{ckpt.path}: {exc}") from exc
+        model = create_model(name, **kwargs)
     else:
         raise CheckpointFormatError(
             f"{ckpt.path}: a bare state dict does not say which model it belongs to; "

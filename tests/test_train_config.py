@@ -64,13 +64,18 @@ def test_bad_option_values_are_refused_up_front(tmp_path, capsys):
                           (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
                           (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N, got 'foo'"),
                           (["--workers", "-2"], "--workers must be >= 0"),
-                          (["--model", "nope"], "unknown model 'nope'; registered models: ddamfn")):
+                          (["--model", "nope"], "unknown model 'nope'; registered models: ")):
         with pytest.raises(SystemExit) as info:
             config_from_args(["--data", str(tmp_path), *argv], "if3d_gate")
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert message in err
+        if argv[0] == "--model":  # the message lists what is registered
+            assert "ddamfn" in err
+            assert "if3d_gate" in err
         assert err.count("\n") == 1  # one line, no traceback
+        if argv[0] == "--model":
+            assert "ddamfn, " in err  # the registered models are listed
     with pytest.raises(ConfigError, match="--epochs must be"):
         config_from_preset("if3d", epochs=-1, data="x").validate()
 

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "IMAGENET_STD": "if3d.data.transforms",
     "PRESETS": "if3d.data.transforms",
     "ClassBalancedSampler": "if3d.data.sampler",
+    "ClipDataset": "if3d.data.clips",
     "CorruptImageError": "if3d.data.report",
     "DataError": "if3d.data.report",
     "DataReport": "if3d.data.report",
@@ -34,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "load_image": "if3d.data.dataset",
     "normalize": "if3d.data.transforms",
     "read_classes": "if3d.data.layout",
+    "read_clip_table": "if3d.data.clips",
     "read_image": "if3d.data.dataset",
 }
 

@@ -1,4 +1,4 @@
-"""Command line of the data pipeline: ``python -m if3d.data {convert,check,formats[,cache]} ...``.
+"""Command line of the data pipeline: ``python -m if3d.data {convert,convert-au,check,formats[,cache]} ...``.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     python -m if3d.data convert --format ckplus --src ../shared/data/ckplus48 --out Dataset/ckplus --val-fraction 0.1
     python -m if3d.data convert --format csv --src ../shared/data/wild/images --labels ../shared/data/wild/labels.csv \\
         --out Dataset/wild
+    python -m if3d.data convert-au --format disfa --src DISFA --out Dataset/disfa --every 5
+    python -m if3d.data convert-au --format bp4d --src BP4D/AUCoding/AU_INT --images BP4D/2D+3D --out Dataset/bp4d
     python -m if3d.data check --root Dataset/fer2013 --split train --no-renders
     python -m if3d.data check --photo-root Dataset/affectnet_clean/train --render-root Dataset/affectnet_smirk/train \\
         --annotations Dataset/affectnet_annotations/train_set_annotation_without_lnd.csv
@@ -57,6 +59,14 @@ def _add_convert(sub) -> None:
     g.add_argument("--split-column", help="optional split column (default: detected: split, usage, subset)")
     g.add_argument("--class-map", help="extra class names: NAME=CANONICAL,... (e.g. 0=angry,1=disgust or "
                    "joyful=happy); CANONICAL is any known spelling or an index 0..7")
+    v = p.add_argument_group("--format video|afew|ckplus-sequences (clips of face frames: <out>/clips/...)")
+    v.add_argument("--fps", type=float, help="frames kept per second of video (default: every frame)")
+    v.add_argument("--clip-alignment", choices=("frame", "clip"),
+                   help="align every frame on its own landmarks (frame, default) or crop a whole clip with one "
+                   "alignment from its median landmarks (clip)")
+    v.add_argument("--skip-faceless-clips", action="store_true",
+                   help="leave out (and count) clips in which no frame has a face instead of stopping")
+    v.add_argument("--last-frames", type=int, help="keep only the last N frames of each sequence (default: all)")
     p.set_defaults(func=_run_convert)
 
 
@@ -67,7 +77,8 @@ def _run_convert(args) -> int:
             overwrite=args.overwrite, align=args.align, split_by=args.split_by, link=args.link, size=args.size,
             margin=args.margin, workers=args.workers, verbose=not args.quiet, labels=args.labels,
             image_column=args.image_column, label_column=args.label_column, split_column=args.split_column,
-            class_map=args.class_map)
+            class_map=args.class_map, fps=args.fps, clip_alignment=args.clip_alignment,
+            skip_faceless_clips=args.skip_faceless_clips, last_frames=args.last_frames)
     return 0
 
 
@@ -119,6 +130,51 @@ def _run_check(args) -> int:
     return 0
 
 
+def _add_convert_au(sub) -> None:
+    p = sub.add_parser(
+        "convert-au",
+        help="convert an AU-intensity dataset (DISFA, BP4D) into the canonical AU layout",
+        description="Convert DISFA (labels + videos) or BP4D (intensity codes + frames) into <out>/au.json, "
+        "<out>/photos/<split>/<subject>/<video>/<frame>.png (aligned face crops) and <out>/au/<split>.csv "
+        "(module if3d.data.au).",
+    )
+    p.add_argument("--format", required=True, choices=("disfa", "bp4d"), help="source format")
+    p.add_argument("--src", required=True, help="DISFA's root (ActionUnit_Labels/, Videos_LeftCamera/) or BP4D's "
+                   "intensity codes root (AU06/, AU10/ ...)")
+    p.add_argument("--images", help="bp4d: the frames root <subject>/<task>/<frame>.jpg")
+    p.add_argument("--out", required=True, help="output dataset root, e.g. Dataset/disfa")
+    p.add_argument("--camera", choices=("left", "right"), default="left", help="disfa: the camera's videos")
+    p.add_argument("--val-subjects", help="comma-separated subjects of the val split (default: --val-fraction)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="seeded share of subjects for validation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation subjects")
+    p.add_argument("--every", type=int, default=1, help="keep every n-th labelled frame")
+    p.add_argument("--size", type=int, default=224, help="side of the face crops in pixels")
+    p.add_argument("--margin", type=float, default=0.25, help="margin around the landmark box")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="count and skip subjects without a video and coded frames without an image")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier AU conversion at --out")
+    p.add_argument("--quiet", action="store_true", help="no summary")
+    p.set_defaults(func=_run_convert_au)
+
+
+def _run_convert_au(args) -> int:
+    from if3d.data.au import convert_bp4d, convert_disfa
+
+    val = [s.strip() for s in args.val_subjects.split(",") if s.strip()] if args.val_subjects else None
+    common = dict(val_subjects=val, val_fraction=args.val_fraction, seed=args.seed, every=args.every,
+                  size=args.size, margin=args.margin, skip_missing=args.skip_missing, overwrite=args.overwrite,
+                  verbose=not args.quiet)
+    if args.format == "disfa":
+        convert_disfa(args.src, args.out, camera=args.camera, **common)
+    else:
+        if not args.images:
+            print("error: --format bp4d needs --images (the frames root <subject>/<task>/<frame>.jpg)",
+                  file=sys.stderr)
+            return 2
+        convert_bp4d(args.src, args.images, args.out, **common)
+    return 0
+
+
 def _run_formats(args) -> int:
     from if3d.data.converters import FORMATS
 
@@ -133,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
+    _add_convert_au(sub)
     _add_check(sub)
     sub.add_parser("formats", help="list the source formats").set_defaults(func=_run_formats)
     from if3d.data.cache_cli import add_cli as add_cache

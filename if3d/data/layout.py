@@ -1,6 +1,6 @@
 """The canonical dataset layout, If3D's original layout, and the annotation CSV formats.
 
-Canonical layout (``Dataset/README.md``)::
+Canonical layout (``Dataset/README.md``); a video dataset has ``clips/`` instead of ``photos/``::
 
     <root>/classes.json                      class names in label order (JSON list)
     <root>/photos/<split>/<label>/<file>     <label> = integer class index (AffectNet-8 order, if3d.classes)
@@ -12,6 +12,10 @@ Canonical layout (``Dataset/README.md``)::
                                              person (CK+, JAFFE) or the source image (ExpW: the faces of one
                                              photo): the unit that subject-independent splits keep together
     <root>/counts.json, <root>/report.json   written by the converters
+    <root>/clips/<split>/<label>/<clip>/<frame>.png         video datasets: one folder of face frames per
+                                             clip, frames in time order by file name
+    <root>/render_clips/<split>/<label>/<clip>/<frame>.png  renders of the frames (Smirk_batch_Render.py)
+    <root>/clips.csv                         video datasets: split,label,clip,subject,fold,frames,... per clip
 
 If3D's original layout (loaded as it is, through explicit paths)::
 
@@ -54,6 +58,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 CLASSES_FILE = "classes.json"
 SUBJECTS_FILE = "subjects.csv"
+CLIPS_FILE = "clips.csv"
 COUNTS_FILE = "counts.json"
 REPORT_FILE = "report.json"
 
@@ -71,6 +76,21 @@ def photos_dir(root: str | os.PathLike, split: str) -> Path:
 def renders_dir(root: str | os.PathLike, split: str) -> Path:
     """``<root>/renders/<split>``."""
     return Path(root) / "renders" / split
+
+
+def clips_dir(root: str | os.PathLike, split: str) -> Path:
+    """``<root>/clips/<split>`` (a video dataset's split: ``<label>/<clip>/<frame>`` folders)."""
+    return Path(root) / "clips" / split
+
+
+def render_clips_dir(root: str | os.PathLike, split: str) -> Path:
+    """``<root>/render_clips/<split>`` (the renders of a video dataset's frames)."""
+    return Path(root) / "render_clips" / split
+
+
+def split_exists(root: str | os.PathLike, split: str) -> bool:
+    """True when ``<root>/photos/<split>`` or ``<root>/clips/<split>`` is a folder."""
+    return photos_dir(root, split).is_dir() or clips_dir(root, split).is_dir()
 
 
 def annotations_path(root: str | os.PathLike, split: str) -> Path:

@@ -44,6 +44,15 @@ PROBLEM_KINDS: dict[str, str] = {
     "vote_no_majority": "FERPlus: no class has more than half of the votes; dropped",
     "not_an_expression": "AffectNet: None/Uncertain/No-Face label; dropped",
     "renamed_duplicate": "two source files map to the same output name; the later one was renamed",
+    # clips (video datasets and the video converters)
+    "empty_clip": "clip folder without frames (or every frame skipped); skipped",
+    "faceless_frame": "video frame in which the MediaPipe landmarker found no face; left out of its clip",
+    "faceless_clip": "clip in which no frame has a face; skipped (--skip-faceless-clips) or an error",
+    "unreadable_video": "video file that cannot be opened or decoded; skipped",
+    "unlabelled_clip": "clip without a label (e.g. a CK+ sequence without an emotion file); skipped",
+    # AU converters (if3d.data.au)
+    "missing_video": "AU labels whose video is missing; skipped (skip_missing) or an error",
+    "missing_frame": "labelled frame without its image, or past the video's end; skipped (skip_missing) or an error",
 }
 
 

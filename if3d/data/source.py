@@ -7,8 +7,11 @@ where absent, ``has_va`` bool, ``index`` int, plus any other stream the model re
 ``.class_names`` and ``.report``. Photos and renders come from the pre-decoded cache
 (:mod:`if3d.data.cache`) when one exists for the split and is current, else from the image files
 (:class:`~if3d.data.dataset.PairedDataset`); every other stream is added by the reader registered for
-it (:func:`register_stream_reader`). The training engine, the test script and the benchmarks all
-open their data here.
+it (:func:`register_stream_reader`). A model that reads clips (:data:`CLIP_STREAMS`: the video models)
+gets the split's clips instead (:class:`~if3d.data.clips.ClipDataset`, ``<root>/clips/<split>``, decoded from
+the frame files: the pre-decoded cache holds photo datasets only). A canonical AU dataset (``au.json``,
+:mod:`if3d.data.au`) opens as its face photos with AU-intensity targets (``au``, ``au_mask``). The training
+engine, the test script and the benchmarks all open their data here.
 """
 
 from __future__ import annotations
@@ -29,10 +32,15 @@ from if3d.data import layout
 #: Streams that are face images (uint8 [3, S, S] per sample): read from the photo and render trees.
 IMAGE_STREAMS = ("photo", "render")
 
+#: Streams of video models: ``clip`` uint8 [T, 3, S, S] per sample, ``render_clip`` the renders of its frames,
+#: ``frame_mask`` bool [T] (False on padding in a batch): read from ``<root>/clips/<split>`` (:mod:`if3d.data.clips`).
+CLIP_STREAMS = ("clip", "render_clip", "frame_mask")
+
 #: stream name → reader ``(source, dataset, image_size=...) -> dataset`` that adds the stream to each sample
 _STREAM_READERS: dict[str, Callable[..., Dataset]] = {}
 
 __all__ = [
+    "CLIP_STREAMS",
     "IMAGE_STREAMS",
     "DataConfig",
     "SplitSource",
@@ -145,24 +153,32 @@ class SplitSource:
     def class_names(self) -> list[str]:
         """The split's class names in label order: ``classes.json`` of the root, else AffectNet-8.
 
+        An AU dataset's "classes" are its AUs (``au.json``, :mod:`if3d.data.au`): the outputs of a model
+        trained on it.
+
         Raises:
             if3d.data.report.LayoutError: a canonical root without a readable ``classes.json``.
         """
+        from if3d.data.au import is_au_dataset, read_au_info
+
+        if is_au_dataset(self.data_root):
+            return list(read_au_info(self.data_root)["aus"])
         return layout.read_classes(self.data_root) if self.data_root is not None else list(AFFECTNET8)
 
 
 def resolve_val_split(root: str | os.PathLike, val_split: str | None = None) -> str:
-    """The validation split of a canonical dataset: ``val_split`` when given, else ``val`` when present, else ``test``.
+    """The validation split of a canonical dataset: ``val_split`` when given, else ``val`` when present, else ``test``
+    (a split is present when ``<root>/photos/<split>`` or, for video datasets, ``<root>/clips/<split>`` is).
 
     Raises:
-        FileNotFoundError: no candidate split exists under ``<root>/photos``.
+        FileNotFoundError: no candidate split exists.
     """
     if val_split is not None:
         return val_split
     for split in ("val", "test"):
-        if layout.photos_dir(root, split).is_dir():
+        if layout.split_exists(root, split):
             return split
-    raise FileNotFoundError(f"{root}: no photos/val or photos/test split for validation; give --val-split NAME")
+    raise FileNotFoundError(f"{root}: no val or test split (photos/ or clips/) for validation; give --val-split NAME")
 
 
 class Subset(Dataset):
@@ -293,6 +309,15 @@ def open_split(
         FileNotFoundError, if3d.data.report.DataError: missing or bad files (the message names them).
         if3d.data.cache.StaleCacheError: a cache exists but its source files changed (rebuild it).
     """
+    if any(s in CLIP_STREAMS for s in streams):
+        return subset_dataset(_open_clips(source, image_size, "render_clip" in streams, skip_missing_renders,
+                                          num_classes), max_samples, seed)
+
+    from if3d.data.au import is_au_dataset, open_au_split
+
+    if is_au_dataset(source.data_root):  # face photos with AU intensity targets (au, au_mask), no class labels
+        return open_au_split(source.data_root, source.split, image_size=image_size, streams=streams,
+                             max_samples=max_samples, seed=seed)
     others = [s for s in streams if s not in IMAGE_STREAMS]
     unknown = [s for s in others if s not in _STREAM_READERS]
     if unknown:
@@ -306,6 +331,20 @@ def open_split(
     for stream in others:
         dataset = _STREAM_READERS[stream](source, dataset, image_size=image_size)
     return subset_dataset(dataset, max_samples, seed)
+
+
+def _open_clips(source: SplitSource, image_size: int, with_renders: bool, skip_missing_renders: bool,
+                num_classes: int | None) -> Dataset:
+    """:class:`~if3d.data.clips.ClipDataset` of one split: ``<root>/clips/<split>`` (renders from
+    ``<root>/render_clips/<split>``), or for explicit paths the photo folder as the clip folder and the
+    render folder as its renders."""
+    from if3d.data.clips import ClipDataset
+
+    kwargs: dict[str, Any] = {"image_size": image_size, "with_renders": with_renders,
+                              "skip_missing_renders": skip_missing_renders, "num_classes": num_classes}
+    if source.data_root is not None:
+        return ClipDataset(source.data_root, source.split, **kwargs)
+    return ClipDataset(clip_root=source.photo_root, render_root=source.render_root, **kwargs)
 
 
 def _open_paired(source: SplitSource, image_size: int, photo_only: bool, skip_missing_renders: bool,

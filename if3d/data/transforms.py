@@ -306,26 +306,7 @@ class PairedAugment(nn.Module):
         x = photo if render is None else torch.cat([photo, render], 1)
         x = x.to(torch.float32)  # [0, 255]: normalised below exactly as normalize() does
 
-        params = self.sample_geometry(b, size)
-        warp = (params["angle"] != 0) | (params["tx"] != 0) | (params["ty"] != 0) | (params["scale"] != 1) \
-            | (params["dx"] != 0) | (params["dy"] != 0)
-        flip_only = params["flip"] & ~warp
-        if bool(flip_only.any()):
-            i = torch.nonzero(flip_only).squeeze(1).to(device)
-            x[i] = x[i].flip(-1)
-        if bool(warp.any()):
-            # only the samples that move go through grid_sample (exact same result for the others)
-            sel = torch.nonzero(warp).squeeze(1)
-            sub = {k: v[sel] for k, v in params.items()}
-            theta = self.geometry_matrices(sub, size).to(device=device, dtype=torch.float32)
-            i = sel.to(device)
-            xs = x[i]
-            grid = F.affine_grid(theta, list(xs.shape), align_corners=False)
-            xs = F.grid_sample(xs, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
-            if bool((sub["dx"] != 0).any() or (sub["dy"] != 0).any()):
-                # the crop's zero padding: pixels shifted in from outside the affine output's frame
-                xs = xs * self.shift_valid_mask(sub, size).to(device).unsqueeze(1)
-            x[i] = xs
+        x = self._apply_geometry(x, self.sample_geometry(b, size))
 
         if any(c > 0 for c in r.color_jitter):
             n_ch = 3 if (render is None or not self.jitter_render) else 6
@@ -345,6 +326,84 @@ class PairedAugment(nn.Module):
         if render is None:
             return x, None
         return x[:, :3].contiguous(), x[:, 3:].contiguous()
+
+    def _apply_geometry(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Warp float [B, K, S, S] (any number K of channels, all moved alike) with per-sample ``params``
+        (:meth:`sample_geometry`); in place where possible, returns the result."""
+        size, device = x.shape[-1], x.device
+        warp = (params["angle"] != 0) | (params["tx"] != 0) | (params["ty"] != 0) | (params["scale"] != 1) \
+            | (params["dx"] != 0) | (params["dy"] != 0)
+        flip_only = params["flip"] & ~warp
+        if bool(flip_only.any()):
+            i = torch.nonzero(flip_only).squeeze(1).to(device)
+            x[i] = x[i].flip(-1)
+        if bool(warp.any()):
+            # only the samples that move go through grid_sample (exact same result for the others)
+            sel = torch.nonzero(warp).squeeze(1)
+            sub = {k: v[sel] for k, v in params.items()}
+            theta = self.geometry_matrices(sub, size).to(device=device, dtype=torch.float32)
+            i = sel.to(device)
+            xs = x[i]
+            grid = F.affine_grid(theta, list(xs.shape), align_corners=False)
+            xs = F.grid_sample(xs, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
+            if bool((sub["dx"] != 0).any() or (sub["dy"] != 0).any()):
+                # the crop's zero padding: pixels shifted in from outside the affine output's frame
+                xs = xs * self.shift_valid_mask(sub, size).to(device).unsqueeze(1)
+            x[i] = xs
+        return x
+
+    def augment_clips(self, clip: torch.Tensor, render: torch.Tensor | None = None):
+        """Augment clips of frames (and their renders): one geometry per clip, erasing per frame.
+
+        Every frame of a clip, and its render, gets the same flip and affine (drawn once per clip by
+        :meth:`sample_geometry`, as for a photo and its render), so the frames stay registered to each other
+        and the face's motion is kept; colour jitter factors are drawn per clip; random erasing is drawn per
+        frame (an occluded frame among clean ones, which the frame attention can learn to down-weight),
+        on the photo frames only unless ``erase_render``. In ``eval()`` mode only :func:`normalize`.
+
+        Args:
+            clip: uint8 [B, T, 3, S, S].
+            render: uint8 [B, T, 3, S, S] or None.
+
+        Returns:
+            normalised float [B, T, 3, S, S] (and the render likewise), on the input device.
+
+        Raises:
+            TypeError: not uint8; ValueError: wrong shapes.
+        """
+        if clip.dtype != torch.uint8 or (render is not None and render.dtype != torch.uint8):
+            raise TypeError(f"clips must be uint8 [B,T,3,S,S], got {clip.dtype}")
+        if clip.dim() != 5 or clip.shape[2] != 3 or clip.shape[3] != clip.shape[4]:
+            raise ValueError(f"clips must be [B,T,3,S,S] (square frames), got {tuple(clip.shape)}")
+        if render is not None and render.shape != clip.shape:
+            raise ValueError(f"clip {tuple(clip.shape)} and render {tuple(render.shape)} differ in shape")
+        b, t, _, size, _ = clip.shape
+        if not self.training:
+            out = normalize(clip.reshape(b * t, 3, size, size), self.mean, self.std).view(clip.shape)
+            if render is None:
+                return out
+            return out, normalize(render.reshape(b * t, 3, size, size), self.mean, self.std).view(clip.shape)
+        k = 1 if render is None else 2
+        x = clip.reshape(b, t * 3, size, size)
+        if render is not None:
+            x = torch.cat([x, render.reshape(b, t * 3, size, size)], 1)
+        x = self._apply_geometry(x.to(torch.float32), self.sample_geometry(b, size))
+        r = self.recipe
+        if any(c > 0 for c in r.color_jitter):
+            n_ch = t * 3 * (2 if (render is not None and self.jitter_render) else 1)
+            x[:, :n_ch] = self._jitter(x[:, :n_ch] / 255.0) * 255.0
+        scale, shift = _norm_coeffs(self.mean, self.std, x.device, torch.float32)
+        x = x * scale.repeat(k * t, 1, 1) + shift.repeat(k * t, 1, 1)
+        x = x.view(b, k, t, 3, size, size)
+        if r.erase_p > 0:
+            mask = self._erase_mask(b * t, size).to(x.device).view(b, 1, t, 1, size, size)
+            if render is not None and self.erase_render:
+                x = x.masked_fill(mask, 0.0)
+            else:
+                x[:, 0] = x[:, 0].masked_fill(mask[:, 0], 0.0)
+        if render is None:
+            return x[:, 0].contiguous()
+        return x[:, 0].contiguous(), x[:, 1].contiguous()
 
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:
         """ColorJitter with per-sample factors on [B, 3k, S, S] floats in [0, 1] (k images per sample share them)."""

@@ -16,7 +16,7 @@ from if3d.runtime.device import autocast_context
 from if3d.runtime.distributed import DistInfo, ShardedEvalSampler, gather_results
 from if3d.runtime.loaders import make_loader
 
-__all__ = ["PREDICTION_KEYS", "predict", "summarize_predictions"]
+__all__ = ["PREDICTION_KEYS", "predict", "predict_values", "summarize_predictions"]
 
 #: Keys of :func:`predict`'s result.
 PREDICTION_KEYS = ("index", "label", "prediction", "probabilities", "valence", "arousal", "has_va",
@@ -82,6 +82,60 @@ def predict(
                              dtype=bool if k == "has_va" else np.float32) for k in out}
         for k in ("index", "label", "prediction"):
             local[k] = local[k].astype(np.int64)
+    return gather_results(local, order_key="index")
+
+
+@torch.no_grad()
+def predict_values(
+    model: nn.Module,
+    dataset: Dataset,
+    prepare: BatchPreparer,
+    *,
+    outputs: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int,
+    workers: int,
+    amp: str,
+    info: DistInfo,
+    desc: str = "eval",
+) -> dict[str, np.ndarray]:
+    """Collect named outputs and targets of every sample (for models that are not classifiers).
+
+    The same loop as :func:`predict` (sharded over ranks, gathered back in dataset order), but what is kept
+    is named: ``output.<name>`` for each of ``outputs`` and ``targets[<name>]`` of each batch.
+
+    Returns (identical on every rank):
+        ``{'index' [N] int64, '<output>_pred' [N, ...] float32 for each output, '<target>' [N, ...] for each
+        target (float32, bool kept bool)}``.
+
+    Raises:
+        KeyError: the model's output or the batch lacks a named value (the message names it).
+    """
+    model.eval()
+    sampler = ShardedEvalSampler(len(dataset), info.rank, info.world_size)
+    loader = make_loader(dataset, list(sampler), batch_size, workers, info.device.type == "cuda", False)
+    keys = ["index", *(f"{k}_pred" for k in outputs), *targets]
+    out: dict[str, list] = {k: [] for k in keys}
+    for batch in tqdm(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True,
+                      mininterval=1.0):
+        inputs, batch_targets = prepare(batch, train=False)
+        with autocast_context(info.device, amp):
+            output = forward_model(model, inputs)
+        out["index"].append(np.asarray(batch["index"]).astype(np.int64))
+        for k in outputs:
+            value = getattr(output, k, None)
+            if value is None:
+                raise KeyError(f"the model's output has no {k!r} to validate")
+            out[f"{k}_pred"].append(value.float().cpu().numpy())
+        for k in targets:
+            if k not in batch_targets:
+                raise KeyError(f"the validation batch has no {k!r} target (it has {', '.join(sorted(batch_targets))})")
+            v = batch_targets[k]
+            out[k].append(v.cpu().numpy() if v.dtype == torch.bool else v.float().cpu().numpy())
+    if out["index"]:
+        local = {k: np.concatenate(v, axis=0) for k, v in out.items()}
+    else:  # a rank with an empty shard
+        local = {k: np.zeros((0,), dtype=np.int64 if k == "index" else np.float32) for k in keys}
     return gather_results(local, order_key="index")
 
 

@@ -13,6 +13,7 @@ directory), 130 interrupted (resumable).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -165,7 +166,10 @@ def run(argv: Sequence[str] | None = None, default_model: str = "if3d_linear") -
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         early = " (stopped early)" if result.stopped_early else ""
-        print(f"done{early}: best validation accuracy {result.best_accuracy:.4f} at epoch {result.best_epoch}; "
+        # a classifier reports its accuracy; a regression model (no accuracy) its selection metric
+        metric, value = ("accuracy", result.best_accuracy) if not math.isnan(result.best_accuracy) \
+            else (result.best_metric, result.best_value)
+        print(f"done{early}: best validation {metric} {value:.4f} at epoch {result.best_epoch}; "
               f"run directory {result.out}", flush=True)
     return 0
 

@@ -18,6 +18,8 @@ Presets (facts from the original training scripts):
 - ``ddamfn`` — DDAMFN's ``affectnet_train.py``: Adam (lr 1e-4, weight decay 0),
   ``ExponentialLR(gamma=0.6)`` stepped once per epoch, batch 256, class-balanced sampling,
   40 epochs.
+- a registered model's own recipe, named after it (``ModelInfo.recipe``), e.g. ``fan_relation``:
+  Emotion-FAN's SGD (momentum 0.9, lr 4e-3, weight decay 1e-4) with ``StepLR(60, 0.2)`` per epoch.
 
 Loss weights are the criterion's (``networks.criteria``: CE + 0.1·attention per stream + 0.1·alignment
 + VA for If3D, CE + 0.1·attention for DDAMFN) unless a preset or an option changes them.
@@ -66,11 +68,16 @@ class ModelConfig:
     num_heads: int | None = None
     """DDA heads (default: the model's; DDAMFN 2, If3D 4)"""
     faithful: bool = False
-    """If3D models: reproduce the original If3D fusion exactly"""
+    """If3D models: reproduce the original If3D fusion exactly; video models: Emotion-FAN's [0, 1] inputs and
+    evaluation formula"""
     backbone: str | None = None
     """registered backbone of the model (networks.list_backbones(); default: the model's, MixedFeatureNet)"""
     pretrained: str | None = None
     """initial weights: pretrained/MFN_msceleb.pth (into every backbone) or any supported checkpoint"""
+    fusion: str | None = None
+    """video models: fuse each frame with its render by this fusion strategy (networks.list_fusions())"""
+    clip_frames: int | None = None
+    """video models: frames drawn per clip in training, one per equal segment (default: the model's, 3)"""
 
     def builder_kwargs(self, num_classes: int) -> dict[str, Any]:
         """Keyword arguments of ``networks.create_model(self.model, ...)`` for ``num_classes`` classes."""
@@ -81,6 +88,10 @@ class ModelConfig:
             kwargs["faithful"] = True
         if self.backbone is not None:
             kwargs["backbone"] = self.backbone
+        if self.fusion is not None:
+            kwargs["fusion"] = self.fusion
+        if self.clip_frames is not None:
+            kwargs["clip_frames"] = int(self.clip_frames)
         return kwargs
 
 
@@ -98,11 +109,13 @@ class Recipe:
     """optimizer learning rate (nominal under the cyclic schedule)"""
     weight_decay: float = 0.01
     """optimizer weight decay"""
-    optimizer: Literal["adam", "adamw"] = "adamw"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     """optimizer"""
-    scheduler: Literal["cyclic", "exponential", "cosine", "none"] = "cyclic"
-    """learning-rate schedule: cyclic (stepped per iteration), exponential (per epoch), cosine (annealed to 0
-    over the run, per iteration) or none"""
+    momentum: float = 0.9
+    """sgd: momentum"""
+    scheduler: Literal["cyclic", "exponential", "cosine", "step", "none"] = "cyclic"
+    """learning-rate schedule: cyclic (stepped per iteration), exponential or step (per epoch), cosine
+    (annealed to 0 over the run, per iteration) or none"""
     cyclic_base_lr: float = 1e-6
     """cyclic schedule: lowest learning rate"""
     cyclic_max_lr: float = 1e-4
@@ -113,6 +126,10 @@ class Recipe:
     """cyclic schedule: rising iterations (default half an epoch, as If3D)"""
     exp_gamma: float = 0.6
     """exponential schedule: decay per epoch"""
+    step_size: int = 30
+    """step schedule: epochs between decays"""
+    step_gamma: float = 0.1
+    """step schedule: factor of each decay"""
     warmup_steps: int = 0
     """linear warm-up from 1 % of the rate over this many optimizer steps, then the schedule (0: none)"""
     balanced_sampling: bool = True
@@ -223,19 +240,21 @@ class TrainConfig:
         positive = {"--epochs": r.epochs, "--batch-size": r.batch_size, "--image-size": d.image_size,
                     "--max-train-samples": d.max_train_samples, "--max-val-samples": d.max_val_samples,
                     "--num-classes": self.model.num_classes, "--num-heads": self.model.num_heads,
-                    "--cyclic-step-size-up": r.cyclic_step_size_up,
+                    "--clip-frames": self.model.clip_frames,
+                    "--cyclic-step-size-up": r.cyclic_step_size_up, "--step-size": r.step_size,
                     "--early-stopping-patience": r.early_stopping_patience,
                     "--interrupt-after-steps": self.run.interrupt_after_steps}
         out += [f"{opt} must be a positive whole number, got {v}" for opt, v in positive.items()
                 if v is not None and v < 1]
         rates = {"--lr": r.lr, "--cyclic-base-lr": r.cyclic_base_lr, "--cyclic-max-lr": r.cyclic_max_lr,
-                 "--weight-decay": r.weight_decay}
+                 "--weight-decay": r.weight_decay, "--momentum": r.momentum}
         out += [f"{opt} must be a finite number >= 0, got {v}" for opt, v in rates.items()
                 if not (math.isfinite(v) and v >= 0)]
         if r.warmup_steps < 0:
             out.append(f"--warmup-steps must be >= 0, got {r.warmup_steps}")
-        if not (math.isfinite(r.exp_gamma) and r.exp_gamma > 0):
-            out.append(f"--exp-gamma must be a finite number > 0, got {r.exp_gamma}")
+        for opt, gamma in (("--exp-gamma", r.exp_gamma), ("--step-gamma", r.step_gamma)):
+            if not (math.isfinite(gamma) and gamma > 0):
+                out.append(f"{opt} must be a finite number > 0, got {gamma}")
         for name, w in r.criterion_weights().items():
             if not (math.isfinite(w) and w >= 0):
                 out.append(f"the weight of the loss term {name!r} must be a finite number >= 0, got {w}")

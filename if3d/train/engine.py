@@ -7,7 +7,10 @@ work. The run directory is :mod:`if3d.train.rundir`; the configuration :mod:`if3
 
 The loss is the model's own: ``networks.create_criterion(model_name)`` returns a module that gives
 named terms; the engine sums them, checks them, and logs each by name. A model with new losses needs
-no change here.
+no change here. So is its validation: an expression classifier is validated by accuracy, balanced
+accuracy and macro F1 of ``output.logits``; a model whose criterion declares a
+:class:`networks.validation.ValidationSpec` (a regression model: no class labels, no logits) by the metrics
+the spec computes from the outputs and targets it names, with ``best.pth`` chosen by its ``select`` metric.
 
 Determinism and resumption: the order of the training samples of epoch ``e`` is a function of
 ``(seed, e)`` only, and the random state used by step ``s`` (augmentation, dropout) is reseeded
@@ -50,7 +53,7 @@ from if3d.runtime.distributed import (
     init_distributed,
 )
 from if3d.runtime.loaders import epoch_indices, make_loader
-from if3d.runtime.predict import predict, summarize_predictions
+from if3d.runtime.predict import predict, predict_values, summarize_predictions
 from if3d.train.config import TrainConfig
 from if3d.train.meters import EpochMeters
 from if3d.train.rundir import RunDirectory, git_commit, library_versions
@@ -89,6 +92,7 @@ class FitResult:
         best_accuracy: validation accuracy of the best epoch (``-1`` when no epoch finished).
         best_epoch: 1-based best epoch by the selection metric (``--select-metric``; 0 when none).
         best_value: the selection metric at the best epoch.
+        best_metric: the selection metric's name (``accuracy`` …, or a regression model's, e.g. ``icc_mean``).
         stopped_early: the run ended by early stopping (no improvement for ``--early-stopping-patience``).
         epochs_done: completed epochs.
         step: completed optimizer steps.
@@ -103,13 +107,15 @@ class FitResult:
     epochs_done: int
     step: int
     last_val: dict
+    best_metric: str = "accuracy"
 
 
 # ============================================================================ optimisation
 
 
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW of the recipe, with the fused / foreach implementation of the runtime settings.
+    """Adam, AdamW or SGD (with momentum) of the recipe, with the fused / foreach implementation of the
+    runtime settings.
 
     Raises:
         ValueError: an unknown optimizer or implementation.
@@ -119,22 +125,24 @@ def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.opt
         return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **impl)
     if r.optimizer == "adam":
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay, **impl)
-    raise ValueError(f"optimizer must be adam or adamw, got {r.optimizer!r}")
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, **impl)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {r.optimizer!r}")
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """The learning-rate schedule of the recipe and when it is stepped.
 
-    ``cyclic``: If3D's CyclicLR, per step. ``exponential``: DDAMFN's ExponentialLR, per epoch. ``cosine``:
-    cosine annealing from the recipe's ``lr`` to 0 over all steps of the run (per step; FER-crossval's
-    schedule). ``warmup_steps`` > 0 puts a linear warm-up from 1 % of the rate in front of a per-step
-    schedule (cosine, cyclic or none).
+    ``cyclic``: If3D's CyclicLR, per step. ``exponential``: DDAMFN's ExponentialLR, per epoch. ``step``:
+    StepLR, per epoch (Emotion-FAN's). ``cosine``: cosine annealing from the recipe's ``lr`` to 0 over all
+    steps of the run (per step; FER-crossval's schedule). ``warmup_steps`` > 0 puts a linear warm-up from
+    1 % of the rate in front of a per-step schedule (cosine, cyclic or none).
 
     Returns:
         ``(scheduler or None, "step" | "epoch")``.
 
     Raises:
-        ValueError: an unknown schedule, or a warm-up before the per-epoch exponential schedule.
+        ValueError: an unknown schedule, or a warm-up before a per-epoch schedule (exponential, step).
     """
     r = cfg.recipe
     total = r.epochs * steps_per_epoch
@@ -148,14 +156,18 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
         interval = "step"
     elif r.scheduler == "exponential":
         sched, interval = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=r.exp_gamma), "epoch"
+    elif r.scheduler == "step":
+        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=r.step_size, gamma=r.step_gamma)
+        interval = "epoch"
     elif r.scheduler == "none":
         sched, interval = None, "step"
     else:
-        raise ValueError(f"scheduler must be cyclic, exponential, cosine or none, got {r.scheduler!r}")
+        raise ValueError(f"scheduler must be cyclic, exponential, step, cosine or none, got {r.scheduler!r}")
     if r.warmup_steps <= 0:
         return sched, "epoch" if sched is None else interval
     if interval == "epoch":
-        raise ValueError("--warmup-steps works with the per-step schedules (cosine, cyclic, none), not exponential")
+        raise ValueError("--warmup-steps works with the per-step schedules (cosine, cyclic, none), not "
+                         "exponential or step")
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=r.warmup_steps)
     if sched is None:
         return warmup, "step"
@@ -258,7 +270,8 @@ class Trainer:
         self._wrap_for_training()
         self.prepare = BatchPreparer.for_model(self.model, info.device, self.cfg.runtime.channels_last,
                                                self.cfg.data.augment, self.cfg.data.image_size)
-        self.rundir = RunDirectory(self.cfg.run.out, self.criterion.terms, info.is_main)
+        self.rundir = RunDirectory(self.cfg.run.out, self.criterion.terms, info.is_main,
+                                   **({"val_metrics": self.validation.metrics} if self.validation is not None else {}))
 
     # ---------------------------------------------------------------------------- setup steps
 
@@ -302,6 +315,7 @@ class Trainer:
             raise ValueError(f"--model {cfg.model.model} does not take these settings "
                              f"({', '.join(sorted(self.model_kwargs))}): {e}") from e
         self.criterion = networks.create_criterion(cfg.model.model, cfg.recipe.criterion_weights())
+        self.validation = getattr(self.criterion, "validation", None)  # None: an expression classifier
         self.load_report = None
         if cfg.model.pretrained and self.resume_ckpt is None:
             self.load_report = networks.load_weights(self.model, cfg.model.pretrained)
@@ -326,6 +340,12 @@ class Trainer:
         if len(self.train_dataset) == 0 or len(self.val_dataset) == 0:
             raise ValueError(f"empty dataset: {len(self.train_dataset)} training and {len(self.val_dataset)} "
                              "validation samples")
+        if self.validation is not None:  # a regression model: no class labels to check
+            self.single_class = False
+            if cfg.recipe.balanced_sampling and getattr(self.train_dataset, "labels", None) is None:
+                raise ValueError(f"the {cfg.model.model} data has no class labels to balance; train with "
+                                 "--no-balanced-sampling (the model's own preset has it)")
+            return
         labels = np.asarray(self.train_dataset.labels)
         top = int(max(labels.max(), np.asarray(self.val_dataset.labels).max()))
         if top >= len(self.class_names):
@@ -509,6 +529,7 @@ class Trainer:
                 self._say(f"final checkpoint: {dst}")
         return FitResult(out=self.rundir.path, best_accuracy=float(self.best["accuracy"]),
                          best_epoch=int(self.best["epoch"]), best_value=float(self.best["value"]),
+                         best_metric=str(self.best.get("metric", "accuracy")),
                          stopped_early=self.stopped_early, epochs_done=self.epochs_done, step=self.step,
                          last_val=self.last_val)
 
@@ -578,7 +599,8 @@ class Trainer:
         with autocast_context(info.device, cfg.runtime.amp):
             output = forward_model(self.train_model, inputs)
         loss = self.criterion(output, targets)
-        correct = (output.logits.detach().argmax(1) == targets["label"]).sum()
+        correct = ((output.logits.detach().argmax(1) == targets["label"]).sum() if self.validation is None
+                   else float("nan"))  # a regression model has no training accuracy
         # one device sync and (under DDP) one collective per step
         totals = all_reduce_named({**{k: v * bsz for k, v in loss.detached().items()}, "correct": correct,
                                    "samples": float(bsz), "stop": float(stop.requested)})
@@ -606,32 +628,42 @@ class Trainer:
         self._require_finite_weights(epoch + 1)
         broadcast_buffers(self.model)  # every rank validates the model rank 0 saves
         # the plain module: no DDP collectives in a loop whose shards may differ by one batch
-        results = predict(self.model, self.val_dataset, self.prepare, batch_size=self.local_batch,
-                          workers=cfg.runtime.workers, amp=cfg.runtime.amp, info=info, desc=f"val {epoch + 1}")
+        spec = self.validation
+        kwargs = dict(batch_size=self.local_batch, workers=cfg.runtime.workers, amp=cfg.runtime.amp, info=info,
+                      desc=f"val {epoch + 1}")
+        results = (predict(self.model, self.val_dataset, self.prepare, **kwargs) if spec is None else
+                   predict_values(self.model, self.val_dataset, self.prepare, outputs=spec.outputs,
+                                  targets=spec.targets, **kwargs))
         self.epochs_done = epoch + 1
         if info.is_main:
-            val = summarize_predictions(results, self.class_names)
-            metric = cfg.recipe.select_metric
-            improved = val[metric] > self.best["value"]
+            val = summarize_predictions(results, self.class_names) if spec is None else \
+                spec.summarize(results, self.class_names)
+            metric = cfg.recipe.select_metric if spec is None else spec.select
+            value = float(val[metric])
+            # the first epoch is the best so far even when its metric is undefined (NaN)
+            improved = self.best["epoch"] == 0 or (math.isfinite(value) and not value <= self.best["value"])
             if improved:
-                self.best = {"metric": metric, "value": float(val[metric]), "accuracy": float(val["accuracy"]),
+                self.best = {"metric": metric, "value": value, "accuracy": float(val.get("accuracy", math.nan)),
                              "epoch": self.epochs_done}
             patience = cfg.recipe.early_stopping_patience
             self.stopped_early = patience is not None and self.epochs_done - self.best["epoch"] >= patience
-            self.last_val = {k: val[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "precision_macro",
-                                                 "recall_macro")}
+            keys = ("accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro") if spec is None \
+                else (*spec.metrics, *(k for k in val if isinstance(val[k], dict)))
+            self.last_val = {k: val[k] for k in keys}
             row = self.rundir.log_epoch(self.epochs_done, self.step, lr_now, self.meters, val)
             self._save_last(self.epochs_done, None)
             if improved:
                 metrics = {"best": self.best, "val": self.last_val, "epoch_state": None, "stopped_early": False}
                 self.rundir.save(self.checkpoint(self.epochs_done, metrics, weights_only=True), self.rundir.best)
-                data = Path(cfg.data.data or cfg.data.val_photos or "data").name
-                self.rundir.plot_best(val["confusion_matrix"], self.class_names, cfg.model.model,
-                                      f"{data}/{cfg.data.val_split or 'val'}", self.epochs_done, val["accuracy"])
-            print(f"epoch {self.epochs_done}/{cfg.recipe.epochs}: loss {float(row['train_loss']):.4f}, "
-                  f"val accuracy {val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f}, "
-                  f"macro F1 {val['f1_macro']:.4f}, {float(row['images_per_s']):.1f} img/s"
-                  f"{' (best)' if improved else ''}", flush=True)
+                if "confusion_matrix" in val:
+                    data = Path(cfg.data.data or cfg.data.val_photos or "data").name
+                    self.rundir.plot_best(val["confusion_matrix"], self.class_names, cfg.model.model,
+                                          f"{data}/{cfg.data.val_split or 'val'}", self.epochs_done, val["accuracy"])
+            scores = (f"val accuracy {val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f}, "
+                      f"macro F1 {val['f1_macro']:.4f}") if spec is None else \
+                ", ".join(f"val {k} {float(val[k]):.4f}" for k in spec.metrics)
+            print(f"epoch {self.epochs_done}/{cfg.recipe.epochs}: loss {float(row['train_loss']):.4f}, {scores}, "
+                  f"{float(row['images_per_s']):.1f} img/s{' (best)' if improved else ''}", flush=True)
         self.stopped_early = bool(broadcast_object(self.stopped_early))
         if self.stopped_early:
             self._say(f"early stopping: no better validation {cfg.recipe.select_metric} for "

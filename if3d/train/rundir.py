@@ -35,7 +35,9 @@ from if3d.plots import plot_confusion_matrix
 
 __all__ = ["RunDirectory", "RunWriteError", "git_commit", "library_versions", "metrics_columns"]
 
-_VAL_COLUMNS = ("val_accuracy", "val_balanced_accuracy", "val_f1_macro")
+#: validation metrics of an expression classifier; a regression model's criterion names its own
+#: (``networks.validation.ValidationSpec.metrics``)
+VAL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro")
 
 
 class RunWriteError(OSError):
@@ -43,10 +45,10 @@ class RunWriteError(OSError):
     version of the file is intact."""
 
 
-def metrics_columns(terms: Sequence[str]) -> tuple[str, ...]:
-    """The ``metrics.csv`` header for a criterion with these term names."""
+def metrics_columns(terms: Sequence[str], val_metrics: Sequence[str] = VAL_METRICS) -> tuple[str, ...]:
+    """The ``metrics.csv`` header for a criterion with these term names and these validation metrics."""
     return ("epoch", "step", "lr", "lr_mean", "lr_max", "train_loss", *(f"train_{t}" for t in terms),
-            "train_accuracy", *_VAL_COLUMNS, "images_per_s", "epoch_time_s")
+            "train_accuracy", *(f"val_{m}" for m in val_metrics), "images_per_s", "epoch_time_s")
 
 
 def git_commit() -> dict[str, Any]:
@@ -88,11 +90,15 @@ class RunDirectory:
         path: the run directory.
         terms: the criterion's term names (the ``train_<term>`` columns).
         is_main: this process writes (rank 0); on other ranks every method is a no-op.
+        val_metrics: the validation metrics (the ``val_<metric>`` columns; an expression classifier's by
+            default).
     """
 
-    def __init__(self, path: str | Path, terms: Sequence[str], is_main: bool = True) -> None:
+    def __init__(self, path: str | Path, terms: Sequence[str], is_main: bool = True,
+                 val_metrics: Sequence[str] = VAL_METRICS) -> None:
         self.path = Path(path)
-        self.columns = metrics_columns(terms)
+        self.val_metrics = tuple(val_metrics)
+        self.columns = metrics_columns(terms, self.val_metrics)
         self.terms = tuple(terms)
         self.is_main = is_main
         self.writer = None
@@ -157,7 +163,7 @@ class RunDirectory:
             "lr_max": _fmt(meters.lr_max), "train_loss": _fmt(meters.mean("loss")),
             **{f"train_{t}": _fmt(meters.mean(t)) for t in self.terms},
             "train_accuracy": _fmt(meters.accuracy),
-            **{f"val_{k}": _fmt(float(val[k])) for k in ("accuracy", "balanced_accuracy", "f1_macro")},
+            **{f"val_{k}": _fmt(float(val[k])) for k in self.val_metrics},
             "images_per_s": _fmt(meters.images_per_s), "epoch_time_s": _fmt(meters.time_s),
         }
         if not self.is_main:
@@ -167,7 +173,7 @@ class RunDirectory:
             for t in ("loss", *self.terms):
                 self.writer.add_scalar(f"train/{t}", meters.mean(t), step)
             self.writer.add_scalar("train/accuracy", meters.accuracy, step)
-            for k in ("accuracy", "balanced_accuracy", "f1_macro"):
+            for k in self.val_metrics:
                 self.writer.add_scalar(f"val/{k}", float(val[k]), step)
             self.writer.add_scalar("lr", lr, step)
             self.writer.add_scalar("images_per_s", meters.images_per_s, step)

@@ -23,9 +23,14 @@ jaffe               <subj>.<EXPR><n>.<id>.tiff                                 c
 affectnet           training.csv/validation.csv + images, or train_set/val_set   train/val        box
 folders             [<split>/]<class>/<image>                                  kept / carved    as is
 csv                 image folder + CSV of image,label[,split] (--labels)      column / carved  as is
+video               [<split>/]<class>/<clip>.<avi|mp4|...> (--fps)            kept / carved    align
+afew                <Split>/<Class>/<clip>/<frame>                             Train/Val        align
+ckplus-sequences    cohn-kanade-images/S<subj>/<seq>/ + Emotion/ labels         fold 10 = val    align
 ==================  ========================================================  ===============  ========
 
 "align" = MediaPipe face detection and eye-levelled alignment (``--align none|detect`` overrides).
+The last three write a video dataset (``<out>/clips/<split>/<label>/<clip>/<frame>.png`` and ``clips.csv``;
+:mod:`if3d.data.converters.video`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ from if3d.data.converters.expw import scan_expw
 from if3d.data.converters.fer import scan_fer2013_csv, scan_fer2013_folders, scan_ferplus
 from if3d.data.converters.folders import scan_ckplus, scan_folders, scan_jaffe, scan_sfew
 from if3d.data.converters.rafdb import scan_rafdb
+from if3d.data.converters.video import (
+    VIDEO_OPTIONS,
+    ClipScan,
+    scan_afew,
+    scan_ckplus_sequences,
+    scan_video,
+    write_clip_dataset,
+)
 from if3d.outputs import check_replaceable
 
 # format -> (scanner, default alignment, one-line description)
@@ -62,7 +75,14 @@ FORMATS: dict[str, tuple[Callable[..., SourceScan], str, str]] = {
     "affectnet": (scan_affectnet, "none", "AffectNet (training/validation.csv, or train_set/val_set npy)"),
     "folders": (scan_folders, "none", "any [<split>/]<class>/<image> tree"),
     "csv": (scan_csv, "none", "image folder + CSV of image,label rows (--labels), or --src CSV"),
+    "video": (scan_video, "detect", "video files [<split>/]<class>/<clip>.<avi|mp4|...> -> clips (--fps)"),
+    "afew": (scan_afew, "detect", "AFEW-style frame folders <Split>/<Class>/<clip>/<frame> -> clips"),
+    "ckplus-sequences": (scan_ckplus_sequences, "detect",
+                         "CK+ cohn-kanade-images/S<subject>/<seq>/ + Emotion/ labels -> clips"),
 }
+
+#: formats whose output is a video dataset (clips) and whose options are :data:`VIDEO_OPTIONS`
+CLIP_FORMATS = ("video", "afew", "ckplus-sequences")
 
 CSV_OPTIONS = ("labels", "image_column", "label_column", "split_column", "class_map")
 """Options of the ``csv`` format only (``--labels``, ``--image-column``, ...)."""
@@ -76,7 +96,8 @@ def scan(fmt: str, src: str | os.PathLike, align: str | None = None, **options) 
         src: the source folder (or file, for CSV formats).
         align: ``"none"``, ``"detect"`` or ``None`` (the format's default).
         **options: the ``csv`` format's :data:`CSV_OPTIONS` (``labels``, ``image_column``,
-            ``label_column``, ``split_column``, ``class_map``); None values are ignored.
+            ``label_column``, ``split_column``, ``class_map``) or the clip formats' :data:`VIDEO_OPTIONS`
+            (``fps``, ``clip_alignment``, ``skip_faceless_clips``, ``last_frames``); None values are ignored.
 
     Raises:
         ValueError: unknown format or alignment mode.
@@ -89,13 +110,16 @@ def scan(fmt: str, src: str | os.PathLike, align: str | None = None, **options) 
     align = default_align if align in (None, "auto") else align
     if align not in ("none", "detect"):
         raise ValueError(f"align must be 'none', 'detect' or 'auto', got {align!r}")
-    options = {k: v for k, v in options.items() if v is not None}
-    unknown = set(options) - set(CSV_OPTIONS)
+    options = {k: v for k, v in options.items() if v is not None and v is not False}
+    unknown = set(options) - set(CSV_OPTIONS) - set(VIDEO_OPTIONS)
     if unknown:
         raise ValueError(f"unknown converter option(s) {', '.join(sorted(unknown))}")
-    if options and fmt != "csv":
-        given = ", ".join("--" + k.replace("_", "-") for k in options)
-        raise ValueError(f"{given} only apply to --format csv")
+    own = VIDEO_OPTIONS if fmt in CLIP_FORMATS else CSV_OPTIONS if fmt == "csv" else ()
+    foreign = [k for k in options if k not in own]
+    if foreign:
+        given = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        where = "--format csv" if foreign[0] in CSV_OPTIONS else f"--format {'|'.join(CLIP_FORMATS)}"
+        raise ValueError(f"{given} only apply to {where}")
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: source not found")
@@ -160,7 +184,9 @@ def convert(
     source = scan(fmt, src, align, **options)
     opts = WriteOptions(val_fraction=val_fraction, seed=seed, group_split=split_by == "subject",
                         overwrite=overwrite, link=link, size=size, margin=margin, workers=workers, verbose=verbose)
+    if isinstance(source, ClipScan):
+        return write_clip_dataset(source, out, opts, fmt=fmt, src=src, sources=sources)
     return write_dataset(source, out, opts, fmt=fmt, src=src, sources=sources)
 
 
-__all__ = ["CSV_OPTIONS", "FORMATS", "SourceItem", "SourceScan", "WriteOptions", "convert", "format_counts", "scan", "write_dataset"]
+__all__ = ["CLIP_FORMATS", "CSV_OPTIONS", "FORMATS", "VIDEO_OPTIONS", "SourceItem", "SourceScan", "WriteOptions", "convert", "format_counts", "scan", "write_dataset"]
