@@ -395,7 +395,7 @@ def distance_map(clouds: torch.Tensor, indices: Sequence[int] | np.ndarray | Non
     Returns:
         float32 [B, 1, K, K], symmetric with a zero diagonal, in units of the face's RMS radius.
     """
-    idx = torch.as_tensor(np.asarray(distance_map_indices() if indices is None else indices), dtype=torch.long,
+    idx = torch.as_tensor(np.array(distance_map_indices() if indices is None else indices), dtype=torch.long,
                           device=clouds.device)
     pts = clouds.float()[:, idx]
     diff = pts[:, :, None, :] - pts[:, None, :, :]
@@ -420,7 +420,7 @@ def mesh_edges() -> np.ndarray:
 
 def edge_lengths(clouds: torch.Tensor) -> torch.Tensor:
     """Lengths of the canonical mesh edges (:func:`mesh_edges`): float32 [B, E] from clouds [B, 478|468, 3]."""
-    e = torch.as_tensor(np.asarray(mesh_edges()), device=clouds.device)
+    e = torch.as_tensor(np.array(mesh_edges()), device=clouds.device)
     pts = clouds.float()
     return (pts[:, e[:, 0]] - pts[:, e[:, 1]]).norm(dim=-1)
 
