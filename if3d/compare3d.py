@@ -239,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{job.model} failed: {row['error']}", file=sys.stderr, flush=True)
         rows.append(row)
         _write_outputs(out, rows, args, None)
+        if row.get("error", "").startswith("TrainingInterrupted"):  # Ctrl-C / SIGTERM ends the whole comparison
+            print(f"interrupted; run the same command again to continue ({job.model} resumes from its last.pth)",
+                  file=sys.stderr, flush=True)
+            return 130
     _write_outputs(out, rows, args, None if args.report_only else time.perf_counter() - t0)
     print(f"comparison: {out / 'comparison.md'}", flush=True)
     return 1 if any("error" in r for r in rows) else 0
