@@ -46,6 +46,9 @@ from networks.weights import (
     register_weight_source,
 )
 
+# 3D face models (landmarks, voxels, distance maps, FLAME) and the landmark stream beside the photo
+from networks import face3d  # noqa: E402, F401, I001  isort: skip
+
 # video models (Emotion-FAN) last: they register the resnet18 backbone only when no module above did
 from networks import video  # noqa: E402, F401, I001  isort: skip
 

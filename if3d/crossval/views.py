@@ -7,6 +7,7 @@ and the test script read it like any converted dataset::
     <view>/classes.json, subjects.csv (when the dataset has one), annotations/<part>.csv
     <view>/photos/<part>/<label>/<file>  -> <root>/photos/<split>/<label>/<file>
     <view>/renders/<part>/<label>/<stem>.<ext> -> <root>/renders/<split>/<label>/<stem>.<ext>
+    <view>/renders/<part>/<label>/<stem>.npz   -> the render's parameters, when the render step saved them
 
 A photo whose file name already exists in the same view folder (two original splits with the same
 name) is linked as ``<split>_<file>``. The view is built in a temporary folder and renamed into
@@ -106,6 +107,9 @@ def _populate(root: Path, split: RunSplit, tmp: Path) -> None:
                 rdst = tmp / "renders" / part / label / (Path(new).stem + render.suffix)
                 rdst.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(render, rdst)
+                params = render.with_suffix(".npz")  # the render step's parameters: the 3D face streams read them
+                if params.is_file():
+                    os.symlink(params, rdst.with_suffix(".npz"))
             if rel in subjects:
                 view_subjects.append((f"photos/{part}/{label}/{new}", subjects[rel]))
             if orig_split not in annotations:

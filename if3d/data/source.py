@@ -39,6 +39,10 @@ CLIP_STREAMS = ("clip", "render_clip", "frame_mask")
 #: stream name → reader ``(source, dataset, image_size=...) -> dataset`` that adds the stream to each sample
 _STREAM_READERS: dict[str, Callable[..., Dataset]] = {}
 
+#: Modules whose import registers the toolkit's own stream readers (the 3D face representations); imported
+#: the first time a split is opened with a stream that no reader registered so far provides.
+_BUILTIN_READER_MODULES = ("if3d.data.face3d_streams",)
+
 __all__ = [
     "CLIP_STREAMS",
     "IMAGE_STREAMS",
@@ -263,7 +267,10 @@ def register_stream_reader(stream: str):
 
     The reader is called as ``reader(source, dataset, image_size=S)`` with the split's photo dataset
     (:class:`~if3d.data.dataset.PairedDataset` or the cache, in sample order) and returns a dataset whose
-    samples carry the stream under its name (and keep ``labels``, ``class_names``, ``report``).
+    samples carry the stream under its name (and keep ``labels``, ``class_names``, ``report``). A reader
+    whose signature names them also gets ``skip_missing_renders`` (skip and count samples it has no data
+    for, instead of raising) and ``streams`` (every stream the model reads: without an image stream among
+    them, the photo need not be decoded).
 
     Raises:
         ValueError: the stream is an image stream or is registered twice.
@@ -319,6 +326,11 @@ def open_split(
         return open_au_split(source.data_root, source.split, image_size=image_size, streams=streams,
                              max_samples=max_samples, seed=seed)
     others = [s for s in streams if s not in IMAGE_STREAMS]
+    if any(s not in _STREAM_READERS for s in others):
+        import importlib
+
+        for module in _BUILTIN_READER_MODULES:
+            importlib.import_module(module)
     unknown = [s for s in others if s not in _STREAM_READERS]
     if unknown:
         raise ValueError(f"no reader provides the stream(s) {', '.join(unknown)} (readers: "
@@ -329,8 +341,20 @@ def open_split(
     if dataset is None:
         dataset = _open_paired(source, image_size, photo_only, skip_missing_renders, num_classes)
     for stream in others:
-        dataset = _STREAM_READERS[stream](source, dataset, image_size=image_size)
+        reader = _STREAM_READERS[stream]
+        options = {"skip_missing_renders": skip_missing_renders, "streams": tuple(streams)}
+        dataset = reader(source, dataset, image_size=image_size, **_accepted(reader, options))
     return subset_dataset(dataset, max_samples, seed)
+
+
+def _accepted(reader: Callable[..., Dataset], options: dict[str, Any]) -> dict[str, Any]:
+    """The ``options`` the reader's signature takes (by name or through ``**kwargs``)."""
+    import inspect
+
+    params = inspect.signature(reader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return options
+    return {k: v for k, v in options.items() if k in params}
 
 
 def _open_clips(source: SplitSource, image_size: int, with_renders: bool, skip_missing_renders: bool,

@@ -167,6 +167,11 @@ class RunConfig:
     """copy best.pth to DIR/<Strategy>.pth at the end (bare flag: FinalCheckPoints)"""
     interrupt_after_steps: int | None = None
     """(testing) behave as if Ctrl-C came after N optimizer steps"""
+    tracker: Literal["tensorboard", "mlflow"] = "tensorboard"
+    """experiment tracker: tensorboard (<out>/tensorboard/) or mlflow (parameters, per-epoch metrics, confusion
+    matrix and best.pth in an MLflow run; pip install -e ".[tracking]")"""
+    tracking_uri: str | None = None
+    """mlflow: tracking URI (default sqlite:///<parent of --out>/mlflow.db, a local store; any MLflow URI)"""
 
 
 #: Section name → dataclass, in the order of ``config.json``.

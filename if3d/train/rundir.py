@@ -9,6 +9,9 @@ Layout (``--out``)::
                            train_loss, train_<term> for each term of the model's criterion, train_accuracy,
                            val_accuracy, val_balanced_accuracy, val_f1_macro, images_per_s, epoch_time_s
     tensorboard/           the same curves (train/<term>, val/<metric>, lr), x-axis = optimizer step
+                           (``--tracker tensorboard``, the default)
+    mlflow_run.json        ``--tracker mlflow``: the MLflow tracking URI and run id (parameters, per-epoch
+                           metrics, confusion matrices, best.pth go to that run; :mod:`if3d.train.tracking`)
     last.pth               checkpoint in our format (if3d.checkpoint) with optimizer, schedule and RNG state,
                            resumable to the step
     best.pth               weights of the best validation epoch (same format, no optimizer state: for
@@ -32,6 +35,7 @@ import torch
 from if3d.atomic import atomic_copy, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from if3d.checkpoint import save_checkpoint
 from if3d.plots import plot_confusion_matrix
+from if3d.train.tracking import Tracker, current_error, make_tracker
 
 __all__ = ["RunDirectory", "RunWriteError", "git_commit", "library_versions", "metrics_columns"]
 
@@ -69,7 +73,7 @@ def library_versions() -> dict[str, Any]:
     import importlib.metadata as md
 
     out: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("if3d", "torch", "torchvision", "numpy", "scikit-learn", "timm", "pillow", "tensorboard"):
+    for pkg in ("if3d", "torch", "torchvision", "numpy", "scikit-learn", "timm", "pillow", "tensorboard", "mlflow"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -101,7 +105,7 @@ class RunDirectory:
         self.columns = metrics_columns(terms, self.val_metrics)
         self.terms = tuple(terms)
         self.is_main = is_main
-        self.writer = None
+        self.tracker: Tracker | None = None
 
     @property
     def last(self) -> Path:
@@ -117,10 +121,12 @@ class RunDirectory:
 
     def open(self, run_info: Mapping[str, Any], epochs_done: int, step: int) -> None:
         """Start (or resume) writing: ``config.json``, ``metrics.csv`` cut back to ``epochs_done`` rows,
-        leftovers of an interrupted save removed, TensorBoard from ``step`` (later events purged).
+        leftovers of an interrupted save removed, the tracker started: TensorBoard from ``step`` (later events
+        purged) or the MLflow run (``run_info["config"]["run"]["tracker"]`` and ``["tracking_uri"]``).
 
         Raises:
             RunWriteError: the folder cannot be written.
+            ValueError: ``--tracker mlflow`` without MLflow installed, or an unreachable tracking URI.
         """
         if not self.is_main:
             return
@@ -134,25 +140,27 @@ class RunDirectory:
             self._write_rows(rows)
         except OSError as e:
             raise RunWriteError(f"cannot write the run directory {self.path}: {e}") from e
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(self.path / "tensorboard"), purge_step=step if step else None)
+        run = dict(run_info.get("config", {}).get("run", {}))
+        self.tracker = make_tracker(run.get("tracker") or "tensorboard", self.path, run_info, step,
+                                    run.get("tracking_uri"))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        """Stop the tracker; called in the engine's ``finally``, so the exception that ends the run, if any, is
+        what :func:`~if3d.train.tracking.current_error` sees (MLflow: the run's status)."""
+        if self.tracker is not None:
+            tracker, self.tracker = self.tracker, None
+            files = [self.best, self.path / "config.json", self.metrics_csv]
+            tracker.close(files, current_error())
 
     # ---------------------------------------------------------------------------------- logging
 
     def log_step(self, step: int, loss: float, lr: float) -> None:
-        """TensorBoard's per-step curves (every 10th step and the first)."""
-        if self.writer is not None and (step % 10 == 0 or step == 1):
-            self.writer.add_scalar("train/loss_step", loss, step)
-            self.writer.add_scalar("train/lr", lr, step)
+        """The tracker's per-step curves (TensorBoard: every 10th step and the first; MLflow: none)."""
+        if self.tracker is not None:
+            self.tracker.log_step(step, loss, lr)
 
     def log_epoch(self, epoch: int, step: int, lr: float, meters, val: Mapping[str, Any]) -> dict[str, str]:
-        """Append the epoch's row to ``metrics.csv`` and its scalars to TensorBoard; returns the row.
+        """Append the epoch's row to ``metrics.csv`` and its scalars to the tracker; returns the row.
 
         Args:
             meters: the epoch's :class:`~if3d.train.meters.EpochMeters`.
@@ -169,15 +177,13 @@ class RunDirectory:
         if not self.is_main:
             return row
         self._write_rows([*self._read_rows(), row])
-        if self.writer is not None:
-            for t in ("loss", *self.terms):
-                self.writer.add_scalar(f"train/{t}", meters.mean(t), step)
-            self.writer.add_scalar("train/accuracy", meters.accuracy, step)
-            for k in self.val_metrics:
-                self.writer.add_scalar(f"val/{k}", float(val[k]), step)
-            self.writer.add_scalar("lr", lr, step)
-            self.writer.add_scalar("images_per_s", meters.images_per_s, step)
-            self.writer.flush()
+        if self.tracker is not None:
+            scalars = {"train_loss": meters.mean("loss"), **{f"train_{t}": meters.mean(t) for t in self.terms},
+                       "train_accuracy": meters.accuracy,
+                       **{f"val_{k}": float(val[k]) for k in self.val_metrics},
+                       "lr": lr, "lr_mean": meters.lr_mean, "lr_max": meters.lr_max,
+                       "images_per_s": meters.images_per_s, "epoch_time_s": meters.time_s}
+            self.tracker.log_epoch(epoch, step, {k: float(v) for k, v in scalars.items()})
         return row
 
     def _read_rows(self) -> list[dict]:
@@ -220,6 +226,9 @@ class RunDirectory:
                               accuracy=accuracy)
         plot_confusion_matrix(confusion, class_names, self.path / "confusion_matrix_best_normalized.png",
                               normalize=True, title=f"{title}, row-normalised", accuracy=accuracy)
+        if self.tracker is not None:
+            self.tracker.log_confusion(confusion, class_names, epoch, [self.path / "confusion_matrix_best.png",
+                                                                      self.path / "confusion_matrix_best_normalized.png"])
 
     def copy_final(self, folder: str | Path, name: str) -> Path | None:
         """Copy ``best.pth`` to ``<folder>/<name>`` (``--final-checkpoint``); None when there is no best."""
