@@ -81,16 +81,22 @@ class Criterion(nn.Module):
 
     Args:
         weights: term name → weight, overriding :attr:`default_weights`.
+        label_smoothing: ε of the cross-entropy term of criteria that have one (targets 1 − ε on the
+            label and ε / C on every class, as :func:`torch.nn.functional.cross_entropy`); 0 = none.
 
     Raises:
-        ValueError: a weight for a term this criterion does not have, or a negative weight.
+        ValueError: a weight for a term this criterion does not have, a negative weight, or a label
+            smoothing outside [0, 1).
     """
 
     terms: ClassVar[tuple[str, ...]] = ()
     default_weights: ClassVar[Mapping[str, float]] = {}
 
-    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+    def __init__(self, weights: Mapping[str, float] | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
         given = dict(weights or {})
         unknown = sorted(set(given) - set(self.terms))
         if unknown:
@@ -190,9 +196,9 @@ def va_loss(
     return (_va_dimension_loss(vp, vt, mse, pcc, ccc) + _va_dimension_loss(ap, at, mse, pcc, ccc)), n
 
 
-def _cross_entropy(output: Any, batch: Mapping[str, Tensor]) -> Tensor:
+def _cross_entropy(output: Any, batch: Mapping[str, Tensor], label_smoothing: float = 0.0) -> Tensor:
     logits = output.logits.float()
-    return F.cross_entropy(logits, batch["label"].to(logits.device))
+    return F.cross_entropy(logits, batch["label"].to(logits.device), label_smoothing=label_smoothing)
 
 
 @register_criterion("ce")
@@ -204,7 +210,7 @@ class CrossEntropyCriterion(Criterion):
     default_weights = {"ce": 1.0}
 
     def forward(self, output: Any, batch: Mapping[str, Tensor]) -> LossOutput:
-        return self.combine({"ce": _cross_entropy(output, batch)})
+        return self.combine({"ce": _cross_entropy(output, batch, self.label_smoothing)})
 
 
 @register_criterion("ddamfn")
@@ -223,7 +229,8 @@ class DDAMFNCriterion(Criterion):
     default_weights = {"ce": 1.0, "attention": 0.1}
 
     def forward(self, output: Any, batch: Mapping[str, Tensor]) -> LossOutput:
-        return self.combine({"ce": _cross_entropy(output, batch), "attention": attention_loss(output.heads.float())})
+        return self.combine({"ce": _cross_entropy(output, batch, self.label_smoothing),
+                             "attention": attention_loss(output.heads.float())})
 
 
 @register_criterion("if3d")
@@ -245,12 +252,12 @@ class If3DCriterion(Criterion):
     default_weights = {"ce": 1.0, "attention": 0.1, "alignment": 0.1, "va": 1.0}
 
     def __init__(self, weights: Mapping[str, float] | None = None, va_mse: float = 1.0, va_pcc: float = 1.0,
-                 va_ccc: float = 1.0) -> None:
-        super().__init__(weights)
+                 va_ccc: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__(weights, label_smoothing)
         self.va_parts = (float(va_mse), float(va_pcc), float(va_ccc))
 
     def forward(self, output: Any, batch: Mapping[str, Tensor]) -> LossOutput:
-        ce = _cross_entropy(output, batch)
+        ce = _cross_entropy(output, batch, self.label_smoothing)
         zero = ce.new_zeros(())
         attention = zero
         for heads in (output.photo_heads, output.render_heads):

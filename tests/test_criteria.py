@@ -195,3 +195,13 @@ def test_valence_output_is_trained_on_valence_not_arousal():
     swapped = criterion(out, _batch(torch.zeros(8, dtype=torch.long), a, v, has)).terms["va"].item()
     assert right == pytest.approx(0.0, abs=1e-5)
     assert swapped > 1.0
+
+
+def test_label_smoothing_of_the_cross_entropy_term():
+    out = _if3d_output()
+    label = torch.tensor([0, 1, 2, 3, 4, 5])
+    smoothed = If3DCriterion(label_smoothing=0.1)(out, _batch(label)).terms["ce"]
+    assert smoothed.item() == pytest.approx(F.cross_entropy(out.logits, label, label_smoothing=0.1).item(), rel=1e-6)
+    assert smoothed.item() != pytest.approx(If3DCriterion()(out, _batch(label)).terms["ce"].item())
+    with pytest.raises(ValueError, match="label smoothing must be in"):
+        DDAMFNCriterion(label_smoothing=1.0)

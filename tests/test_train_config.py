@@ -254,3 +254,23 @@ def test_a_model_can_bring_its_paper_recipe_as_its_own_preset(tmp_path):
     assert (cfg.recipe.preset, cfg.recipe.lr, cfg.recipe.epochs) == ("recipe_model_test", 3e-4, 2)
     other = config_from_args(["--data", str(tmp_path), "--model", "recipe_model_test", "--preset", "if3d"])
     assert other.recipe.optimizer == "adamw"
+
+
+def test_a_pretrained_backbone_can_learn_at_a_fraction_of_the_head_rate():
+    from if3d.train.engine import param_groups
+
+    model = networks.create_model("if3d_gate", num_classes=7, num_heads=2, backbone="mobilenetv2")
+    cfg = config_from_preset("if3d", scheduler="cyclic", lr=1e-3, cyclic_base_lr=1e-5, cyclic_max_lr=1e-3,
+                             backbone_lr_scale=0.1)
+    groups = param_groups(model, cfg.recipe.backbone_lr_scale)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith(("photo_backbone.", "render_backbone.")) for p in groups[0]["params"])
+    assert not any(names[id(p)].startswith(("photo_backbone.", "render_backbone.")) for p in groups[1]["params"])
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    opt = build_optimizer(cfg, groups, torch.device("cpu"))
+    sched, _ = build_scheduler(cfg, opt, steps_per_epoch=10)
+    for _ in range(5):  # to the cyclic peak
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-3])
+    assert len(param_groups(model, 1.0)) == 1

@@ -63,11 +63,14 @@ class BatchPreparer:
         image_size: side S of the images.
         mean, std: the normalisation of the model's backbone (``BackboneSpec``; ImageNet by default).
         clip_frames: training frames per clip of a video model (its ``clip_frames``); None keeps every frame.
+        augment_preset: the training augmentation's recipe (:data:`if3d.data.transforms.PRESETS`:
+            ``affectnet``, DDAMFN/If3D's strong geometry, or ``rafdb``, milder).
     """
 
     def __init__(self, device: torch.device, streams: Sequence[str], channels_last: bool,
                  augment: bool, image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, clip_frames: int | None = None) -> None:
+                 std: Sequence[float] = IMAGENET_STD, clip_frames: int | None = None,
+                 augment_preset: str = "affectnet") -> None:
         from if3d.data.transforms import PairedAugment, normalize
 
         self.device = device
@@ -76,18 +79,18 @@ class BatchPreparer:
         self.mean, self.std = tuple(mean), tuple(std)
         self.normalize = normalize
         self.clip_frames = clip_frames
-        self.augment = PairedAugment(image_size=image_size, mean=self.mean, std=self.std).train() \
-            if augment else None
+        self.augment = PairedAugment(image_size=image_size, preset=augment_preset, mean=self.mean,
+                                     std=self.std).train() if augment else None
         self._clip_eval = PairedAugment(image_size=image_size, mean=self.mean, std=self.std).eval()
 
     @classmethod
     def for_model(cls, model: nn.Module, device: torch.device, channels_last: bool, augment: bool,
-                  image_size: int) -> BatchPreparer:
+                  image_size: int, augment_preset: str = "affectnet") -> BatchPreparer:
         """A preparer with the model's streams and its backbone's normalisation."""
         spec = getattr(unwrap_model(model), "backbone_spec", None)
         norm = {"mean": spec.mean, "std": spec.std} if spec is not None else {}
         return cls(device, model_streams(model), channels_last, augment, image_size, **norm,
-                   clip_frames=getattr(unwrap_model(model), "clip_frames", None))
+                   clip_frames=getattr(unwrap_model(model), "clip_frames", None), augment_preset=augment_preset)
 
     def __call__(self, batch: Mapping[str, Any], train: bool) -> tuple[tuple[torch.Tensor, ...], dict]:
         """Returns ``(inputs, targets)``: inputs in the model's stream order (``photo``/``render`` float

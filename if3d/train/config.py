@@ -134,6 +134,10 @@ class Recipe:
     """linear warm-up from 1 % of the rate over this many optimizer steps, then the schedule (0: none)"""
     balanced_sampling: bool = True
     """class-balanced sampling of the training split"""
+    backbone_lr_scale: float = 1.0
+    """learning rate of the backbone(s) as a multiple of --lr (e.g. 0.1 for a pretrained backbone)"""
+    label_smoothing: float = 0.0
+    """label smoothing of the cross-entropy term, in [0, 1) (criteria with a cross-entropy term)"""
     select_metric: Literal["accuracy", "balanced_accuracy", "f1_macro"] = "accuracy"
     """validation metric that chooses best.pth (and drives early stopping)"""
     early_stopping_patience: int | None = None
@@ -252,9 +256,11 @@ class TrainConfig:
         out += [f"{opt} must be a positive whole number, got {v}" for opt, v in positive.items()
                 if v is not None and v < 1]
         rates = {"--lr": r.lr, "--cyclic-base-lr": r.cyclic_base_lr, "--cyclic-max-lr": r.cyclic_max_lr,
-                 "--weight-decay": r.weight_decay, "--momentum": r.momentum}
+                 "--weight-decay": r.weight_decay, "--momentum": r.momentum, "--backbone-lr-scale": r.backbone_lr_scale}
         out += [f"{opt} must be a finite number >= 0, got {v}" for opt, v in rates.items()
                 if not (math.isfinite(v) and v >= 0)]
+        if not 0.0 <= r.label_smoothing < 1.0:
+            out.append(f"--label-smoothing must be in [0, 1), got {r.label_smoothing}")
         if r.warmup_steps < 0:
             out.append(f"--warmup-steps must be >= 0, got {r.warmup_steps}")
         for opt, gamma in (("--exp-gamma", r.exp_gamma), ("--step-gamma", r.step_gamma)):

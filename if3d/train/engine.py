@@ -113,13 +113,38 @@ class FitResult:
 # ============================================================================ optimisation
 
 
+def param_groups(model: nn.Module, backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """The model's trainable parameters in two groups: the backbone(s) (the model's ``backbone_prefixes``,
+    default ``backbone.``), whose learning rate is the recipe's times ``backbone_lr_scale``, and the rest
+    (heads, fusion, classifier) at the recipe's rate. With a scale of 1, one group.
+
+    Returns:
+        ``[{"params": [...], "lr_scale": s}, ...]`` (empty groups left out).
+    """
+    trainable = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
+    if backbone_lr_scale == 1.0:
+        return [{"params": [p for _, p in trainable], "lr_scale": 1.0}]
+    prefixes = tuple(getattr(unwrap_model(model), "backbone_prefixes", ("backbone.",)))
+    backbone = [p for n, p in trainable if n.startswith(prefixes)]
+    rest = [p for n, p in trainable if not n.startswith(prefixes)]
+    return [g for g in ({"params": backbone, "lr_scale": backbone_lr_scale}, {"params": rest, "lr_scale": 1.0})
+            if g["params"]]
+
+
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (with momentum) of the recipe, with the fused / foreach implementation of the
     runtime settings.
 
+    Args:
+        params: parameters, or groups from :func:`param_groups` (each group's ``lr_scale`` multiplies the
+            recipe's learning rate).
+
     Raises:
         ValueError: an unknown optimizer or implementation.
     """
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "lr": cfg.recipe.lr * g.get("lr_scale", 1.0)} for g in params]
     r, impl = cfg.recipe, optimizer_impl_kwargs(cfg.runtime.optimizer_impl)
     if r.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **impl)
@@ -148,7 +173,9 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
     total = r.epochs * steps_per_epoch
     if r.scheduler == "cyclic":
         up = r.cyclic_step_size_up or max(1, steps_per_epoch // 2)
-        sched = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=r.cyclic_base_lr, max_lr=r.cyclic_max_lr,
+        scales = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+        sched = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=[r.cyclic_base_lr * s for s in scales],
+                                                  max_lr=[r.cyclic_max_lr * s for s in scales],
                                                   step_size_up=up, mode=r.cyclic_mode, cycle_momentum=False)
         interval = "step"
     elif r.scheduler == "cosine":
@@ -269,7 +296,8 @@ class Trainer:
         self._restore_state()
         self._wrap_for_training()
         self.prepare = BatchPreparer.for_model(self.model, info.device, self.cfg.runtime.channels_last,
-                                               self.cfg.data.augment, self.cfg.data.image_size)
+                                               self.cfg.data.augment, self.cfg.data.image_size,
+                                               augment_preset=self.cfg.data.augment_preset)
         self.rundir = RunDirectory(self.cfg.run.out, self.criterion.terms, info.is_main,
                                    **({"val_metrics": self.validation.metrics} if self.validation is not None else {}))
 
@@ -314,7 +342,11 @@ class Trainer:
         except TypeError as e:  # an option the model does not take (e.g. --faithful for ddamfn)
             raise ValueError(f"--model {cfg.model.model} does not take these settings "
                              f"({', '.join(sorted(self.model_kwargs))}): {e}") from e
-        self.criterion = networks.create_criterion(cfg.model.model, cfg.recipe.criterion_weights())
+        smoothing = {"label_smoothing": cfg.recipe.label_smoothing} if cfg.recipe.label_smoothing else {}
+        try:
+            self.criterion = networks.create_criterion(cfg.model.model, cfg.recipe.criterion_weights(), **smoothing)
+        except TypeError as e:  # a criterion without a cross-entropy term to smooth
+            raise ValueError(f"the criterion of {cfg.model.model} does not take --label-smoothing: {e}") from e
         self.validation = getattr(self.criterion, "validation", None)  # None: an expression classifier
         self.load_report = None
         if cfg.model.pretrained and self.resume_ckpt is None:
@@ -368,7 +400,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.train_dataset)} training samples give no full batch of {self.local_batch} "
                              "per rank; lower --batch-size or use more data")
-        self.optimizer = build_optimizer(cfg, self.model.parameters(), info.device)
+        self.optimizer = build_optimizer(cfg, param_groups(self.model, cfg.recipe.backbone_lr_scale), info.device)
         self.scheduler, self.sched_interval = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.runtime.amp == "fp16")
         self.step, self.epochs_done = 0, 0
