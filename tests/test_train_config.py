@@ -274,3 +274,15 @@ def test_a_pretrained_backbone_can_learn_at_a_fraction_of_the_head_rate():
         sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-3])
     assert len(param_groups(model, 1.0)) == 1
+
+
+def test_attention_loss_weight_is_the_papers_only_in_the_papers_settings():
+    from if3d.train.engine import IMPROVED_ATTENTION_WEIGHT, papers_attention_setting
+
+    assert IMPROVED_ATTENTION_WEIGHT == 0.01
+    assert papers_attention_setting("ddamfn", {"num_heads": 2})
+    assert papers_attention_setting("ddamfn", {"backbone": "mixedfeaturenet"})
+    assert papers_attention_setting("if3d_gate", {"faithful": True})
+    assert not papers_attention_setting("ddamfn", {"backbone": "mobilenetv2"})
+    assert not papers_attention_setting("if3d_gate", {})
+    assert not papers_attention_setting("if3d_gate", {"backbone": "efficientnet_lite0"})

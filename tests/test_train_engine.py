@@ -52,7 +52,8 @@ def test_run_directory_contents(data, tmp_path):
     assert cfg["config"]["model"]["model"] == "tiny_fusion_test"
     assert cfg["config"]["data"]["val_split"] == "val"  # resolved, not left to a default
     assert cfg["config"]["runtime"]["amp"] in ("off", "bf16")  # fast paths resolved for the device
-    assert cfg["run"]["criterion"] == {"name": "if3d", "weights": {"ce": 1.0, "attention": 0.1, "alignment": 0.1,
+    # not a papers' setting: the attention loss defaults to 0.01, the other terms to the criterion's
+    assert cfg["run"]["criterion"] == {"name": "if3d", "weights": {"ce": 1.0, "attention": 0.01, "alignment": 0.1,
                                                                   "va": 1.0}}
     assert cfg["run"]["git"]["commit"]
     assert cfg["run"]["versions"]["torch"] == torch.__version__.split("+")[0]

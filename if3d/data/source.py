@@ -98,9 +98,6 @@ class DataConfig:
     """use the pre-decoded cache when present"""
     augment: bool = True
     """training augmentation (--no-augment: none)"""
-    augment_preset: Literal["affectnet", "rafdb", "none"] = "affectnet"
-    """training augmentation recipe: affectnet (DDAMFN/If3D's: flips, rotation ±20°, translation, scale,
-    erasing) or rafdb (milder: ±5°, 8-px shifts)"""
 
     def source(self, role: str) -> SplitSource:
         """The :class:`SplitSource` of the ``"train"`` or ``"val"`` role.
