@@ -240,8 +240,9 @@ def evaluate_checkpoint(
             raise ValueError("no sample of the split belongs to a class of the checkpoint")
         metrics = summarize_predictions(results, class_names)
         if info.is_main:
+            where = f"{Path(data).resolve().name} {split}" if data is not None else None
             metrics = _write_outputs(metrics, results, dataset, out_dir, checkpoint, model, report, streams,
-                                     split if data is not None else str(photos), class_names, excluded)
+                                     split if data is not None else str(photos), class_names, excluded, where)
             if verbose:
                 print(format_metrics(metrics), flush=True)
         return metrics
@@ -267,7 +268,7 @@ def _load_model(checkpoint, info, *, amp, channels_last, tune_allocator, image_s
 
 
 def _write_outputs(metrics, results, dataset, out_dir: Path, checkpoint, model, report, streams, split_label,
-                   class_names, excluded) -> dict:
+                   class_names, excluded, where: str | None = None) -> dict:
     model_label = _model_label(model, report)
     metrics = {
         **metrics,
@@ -284,7 +285,7 @@ def _write_outputs(metrics, results, dataset, out_dir: Path, checkpoint, model, 
     paths = [sample_path(dataset, int(i)) for i in results["index"]]
     write_predictions_csv(out_dir / "predictions.csv", results, class_names, paths)
     acc = metrics["accuracy"]
-    title = f"{model_label} on {split_label}"
+    title = f"{model_label} on {where or split_label}"  # the model and the dataset, e.g. "ddamfn on fer2013 val"
     plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix.png",
                           title=title, accuracy=acc)
     plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix_normalized.png",

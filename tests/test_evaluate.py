@@ -36,7 +36,13 @@ def _check_pngs(out: Path) -> None:
             assert min(im.size) > 200
 
 
-def test_our_checkpoint_metrics_match_the_model(data, tmp_path):
+def test_our_checkpoint_metrics_match_the_model(data, tmp_path, monkeypatch):
+    import if3d.evaluate as evaluate_module
+
+    titles = []
+    plot = evaluate_module.plot_confusion_matrix
+    monkeypatch.setattr(evaluate_module, "plot_confusion_matrix",
+                        lambda *a, **k: (titles.append(k["title"]), plot(*a, **k))[1])
     torch.manual_seed(0)
     model = TinyFusion(num_classes=7).eval()
     with torch.no_grad():  # make the BatchNorm statistics non-trivial
@@ -74,6 +80,8 @@ def test_our_checkpoint_metrics_match_the_model(data, tmp_path):
     assert np.allclose(vp, expected.valence.numpy(), atol=1e-5)
     assert sum(r["valence"] != "" for r in rows) == 14
     _check_pngs(out)
+    # the plots name the model and the dataset, not the checkpoint file
+    assert titles == ["tiny_fusion_test on tiny val", "tiny_fusion_test on tiny val (row-normalised)"]
 
 
 def _random_state_dict(spec: dict[str, list[int]], seed: int) -> dict[str, torch.Tensor]:
