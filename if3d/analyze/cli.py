@@ -33,12 +33,15 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from if3d.runtime.stop import StopRequest
 
 __all__ = ["get_args_parser", "main", "run"]
 
@@ -130,32 +133,6 @@ def _names(inputs: Sequence[str]) -> list[str]:
     return out
 
 
-class _Stop:
-    """First Ctrl-C/SIGTERM: stop after the current frame; second: abort at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def uninstall(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def _handle(self, signum, _frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this frame (again to abort)", file=sys.stderr,
-              flush=True)
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = get_args_parser().parse_args(argv)
@@ -175,7 +152,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     if bad:
         print(f"error: {'; '.join(bad)}", file=sys.stderr)
         return 2
-    stop = _Stop()
+    from if3d.runtime.stop import StopRequest
+
+    stop = StopRequest("stopping after this frame")
     stop.install()
     try:
         return _run(args, cfg, [i for i in args.inputs if i not in missing], missing, stop)
@@ -186,7 +165,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         stop.uninstall()
 
 
-def _run(args, cfg, inputs: list[str], missing: list[str], stop: _Stop) -> int:
+def _run(args, cfg, inputs: list[str], missing: list[str], stop: StopRequest) -> int:
     from if3d.analyze.models import ModelLoadError
     from if3d.analyze.pipeline import Analyzer
     from if3d.analyze.report import concat_csv, describe, parquet_available, write_parquet, write_summary
@@ -279,7 +258,7 @@ class _InputSkipped(ValueError):
     """An input that cannot be analysed, skipped and counted (``--skip-unreadable``)."""
 
 
-def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: _Stop, columns):
+def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: StopRequest, columns):
     """Analyse one input (or the camera) into ``out/<name>``; None when interrupted.
 
     Returns:

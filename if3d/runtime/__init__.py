@@ -1,8 +1,8 @@
 """What training, evaluation, benchmarks and analysis share at run time: device and fast-path
 resolution (:mod:`.device`), the CPU allocator tuning (:mod:`.allocator`), loaders and epoch order
-(:mod:`.loaders`), batch preparation (:mod:`.batches`), the prediction loop (:mod:`.predict`) and the
-distributed helpers (:mod:`.distributed`). It imports ``networks`` and ``if3d.data``, never
-``if3d.train``.
+(:mod:`.loaders`), batch preparation (:mod:`.batches`), the prediction loop (:mod:`.predict`), the
+distributed helpers (:mod:`.distributed`) and the graceful stop on Ctrl-C / SIGTERM (:mod:`.stop`). It
+imports ``networks`` and ``if3d.data``, never ``if3d.train``.
 """
 
 from if3d.runtime.batches import BatchPreparer, forward_model, model_streams, unwrap_model

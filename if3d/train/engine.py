@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -54,6 +53,7 @@ from if3d.runtime.distributed import (
 )
 from if3d.runtime.loaders import epoch_indices, make_loader
 from if3d.runtime.predict import predict, predict_values, summarize_predictions
+from if3d.runtime.stop import StopRequest
 from if3d.train.config import TrainConfig
 from if3d.train.meters import EpochMeters
 from if3d.train.rundir import RunDirectory, git_commit, library_versions
@@ -215,33 +215,6 @@ def non_finite_tensors(model: nn.Module) -> list[str]:
     """Names of the model's floating-point parameters and buffers that hold NaN or infinity."""
     return [k for k, v in unwrap_model(model).state_dict().items()
             if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; checked after every optimizer step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def uninstall(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-    def _handle(self, signum, _frame) -> None:
-        if self.requested:  # second Ctrl-C: give up immediately
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a resumable checkpoint "
-              "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
 
 
 # ============================================================================ the run
@@ -552,7 +525,7 @@ class Trainer:
     def run(self) -> FitResult:
         """Train the remaining epochs; validate, log and save after each. See :func:`fit` for errors."""
         cfg, info = self.cfg, self.info
-        stop = _StopFlag()
+        stop = StopRequest("finishing this step and saving a resumable checkpoint")
         stop.install()  # Ctrl-C / SIGTERM from here on: finish the step, save a resumable last.pth, exit 130
         try:
             self.rundir.open(self.run_info(), self.epochs_done, self.step)
@@ -588,7 +561,7 @@ class Trainer:
                          stopped_early=self.stopped_early, epochs_done=self.epochs_done, step=self.step,
                          last_val=self.last_val)
 
-    def train_one_epoch(self, epoch: int, stop: _StopFlag) -> bool:
+    def train_one_epoch(self, epoch: int, stop: StopRequest) -> bool:
         """Train the not-yet-done batches of ``epoch``, updating :attr:`meters`.
 
         Every step: reseed from (seed, rank, step), augment, forward under autocast, the criterion's
@@ -644,7 +617,7 @@ class Trainer:
                 f"resumable checkpoint {self.rundir.last} saved (fix or remove the file, then continue with "
                 f"--resume {self.rundir.last})") from e
 
-    def train_step(self, batch: dict, stop: _StopFlag, epoch: int) -> dict[str, float]:
+    def train_step(self, batch: dict, stop: StopRequest, epoch: int) -> dict[str, float]:
         """One optimizer step on ``batch``; returns the step's totals summed over ranks: ``loss`` and each
         term × batch size, ``correct``, ``samples`` and ``stop`` (> 0 when any rank was asked to stop)."""
         cfg, info = self.cfg, self.info
