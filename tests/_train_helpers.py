@@ -125,3 +125,18 @@ def make_dataset(root: Path, per_class: int = 4, val_per_class: int = 2, size: i
                     rows.append(f"{c}/s{c}_{i}.jpg,{rng.uniform(-1, 1):.4f},{rng.uniform(-1, 1):.4f}")
         (root / "annotations" / f"{split}.csv").write_text("file,valence,arousal\n" + "\n".join(rows) + "\n")
     return root
+
+
+def random_state_dict(shapes: dict, seed: int, batches_tracked: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded state dict of the given shapes in the spirit of a trained checkpoint: weights ~ N(0, 0.05²),
+    batch-norm running variances in [0.5, 1.5), ``num_batches_tracked`` = ``batches_tracked``."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(batches_tracked)
+        elif key.endswith("running_var"):
+            out[key] = torch.rand(shape, generator=g) + 0.5
+        else:
+            out[key] = torch.randn(shape, generator=g) * 0.05
+    return out

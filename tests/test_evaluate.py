@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import CLASS_NAMES_7, TinyFusion, make_dataset
+from _train_helpers import CLASS_NAMES_7, TinyFusion, make_dataset, random_state_dict
 from PIL import Image
 
 from if3d.checkpoint import make_checkpoint, save_checkpoint
@@ -84,24 +84,12 @@ def test_our_checkpoint_metrics_match_the_model(data, tmp_path, monkeypatch):
     assert titles == ["tiny_fusion_test on tiny val", "tiny_fusion_test on tiny val (row-normalised)"]
 
 
-def _random_state_dict(spec: dict[str, list[int]], seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in spec.items():
-        if key.endswith("num_batches_tracked"):
-            sd[key] = torch.tensor(0)
-        elif key.endswith("running_var"):
-            sd[key] = torch.rand(shape, generator=g) + 0.5
-        else:
-            sd[key] = torch.randn(shape, generator=g) * 0.05
-    return sd
-
 
 def test_original_if3d_final_checkpoint_is_evaluated(spec_dir, tmp_path):
     # If3D's FinalCheckPoints/LinearFusion.pth layout: {'model_state_dict': <If3D key names>}
     data = make_dataset(tmp_path / "d112", per_class=1, val_per_class=1, size=112)
     spec = json.loads((spec_dir / "state_dict_specs.json").read_text())["DDAMNet_Smirk_Spatial_Alignment_c8_h4"]
-    torch.save({"model_state_dict": _random_state_dict(spec, 0)}, tmp_path / "LinearFusion.pth")
+    torch.save({"model_state_dict": random_state_dict(spec, 0)}, tmp_path / "LinearFusion.pth")
     out = tmp_path / "out"
     assert run(["--checkpoint", str(tmp_path / "LinearFusion.pth"), "--data", str(data), "--split", "val",
                 "--out", str(out), "--workers", "0"]) == 0

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from _train_helpers import make_dataset
+from _train_helpers import make_dataset, random_state_dict
 
 import networks
 from if3d.data.dataset import load_image
@@ -441,21 +441,9 @@ def _gsdnet_authors_shapes(num_classes: int = 7) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.tensor(3)
-        elif key.endswith("running_var"):
-            out[key] = torch.rand(shape, generator=g) + 0.5
-        else:
-            out[key] = torch.randn(shape, generator=g) * 0.05
-    return out
-
 
 def test_gsdnet_loads_the_authors_checkpoint_and_its_stage_heads_compute_theirs(tmp_path):
-    sd = _random_state(_gsdnet_authors_shapes(), seed=3)
+    sd = random_state_dict(_gsdnet_authors_shapes(), seed=3, batches_tracked=3)
     path = tmp_path / "RAF_model.pth"
     torch.save(sd, path)  # the authors save model.state_dict() as it is
     model, report = build_model_from_checkpoint(path)
