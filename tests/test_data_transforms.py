@@ -161,6 +161,22 @@ def test_presets_are_the_original_recipes():
     assert (r.geometric_p, r.degrees, r.crop_padding, r.erase_scale) == (0.2, 5.0, 8, (0.02, 0.25))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_light_preset_is_rafdb_without_erasing(faces, backend):
+    light, rafdb = PRESETS["light"], PRESETS["rafdb"]
+    assert (light.hflip, light.geometric_p, light.degrees, light.translate, light.scale, light.crop_padding) == \
+        (rafdb.hflip, rafdb.geometric_p, rafdb.degrees, rafdb.translate, rafdb.scale, rafdb.crop_padding)
+    # geometry off: rafdb still erases rectangles of some photos (to 0 after normalisation), light never does
+    torch.manual_seed(0)
+    x = faces.repeat(4, 1, 1, 1)
+    kept = normalize(x)
+    erased = PairedAugment(preset="rafdb", hflip=0.0, geometric_p=0.0, backend=backend)(x)
+    changed = (erased != kept).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < len(x)
+    assert torch.all(erased[changed] == 0, dim=1).flatten(1).any(1).all()
+    assert torch.equal(PairedAugment(preset="light", hflip=0.0, geometric_p=0.0, backend=backend)(x), kept)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_cuda(faces):
     x = faces.cuda()
