@@ -96,7 +96,6 @@ class Runner:
         self.lines.append(shown)
         t = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads yield (much faster on a busy machine)
         subprocess.run(cmd, cwd=REPO, env=env, check=True)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
         (self.work / "commands.sh").write_text("\n".join(self.lines) + "\n", encoding="utf-8")
