@@ -72,7 +72,8 @@ def test_pretrained_baseline_learns_a_small_real_fer2013_subset(data_dir, tmp_pa
     assert metrics["num_samples"] == 7 * PRETRAINED_TEST_PER_CLASS
     majority = max(sum(row) for row in cm) / metrics["num_samples"]
     assert majority == pytest.approx(1 / 7)
-    # measured on this subset: accuracy = balanced accuracy 0.40 (majority-class rate 0.14)
+    # measured on this subset: accuracy = balanced accuracy 0.35, most-predicted class 71 of 280 (majority-class
+    # rate 0.14)
     assert metrics["accuracy"] >= 0.25, (metrics["accuracy"], predicted)
     assert metrics["balanced_accuracy"] >= 0.25, (metrics["balanced_accuracy"], predicted)
     assert sum(c > 0 for c in predicted) >= 5, predicted
