@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from if3d.render.landmarks import NUM_LANDMARKS, quiet_native_logs
+from if3d.render.landmarks import NUM_LANDMARKS, open_graph_quietly, quiet_native_logs
 from if3d.render.topology import NUM_MESH_VERTICES
 
 __all__ = ["DETECTORS", "DetectedFace", "FaceDetector", "FaceTracker", "box_iou", "landmark_box"]
@@ -127,21 +127,19 @@ class FaceDetector:
     # ------------------------------------------------------------------------------ graphs
 
     def _make_mesh(self, static: bool, confidence: float):
-        with quiet_native_logs():
-            from mediapipe.python.solutions import face_mesh
+        from mediapipe.python.solutions import face_mesh
 
-            return face_mesh.FaceMesh(static_image_mode=static, max_num_faces=self.max_faces,
-                                      refine_landmarks=True, min_detection_confidence=confidence,
-                                      min_tracking_confidence=0.5)
+        return open_graph_quietly(lambda: face_mesh.FaceMesh(
+            static_image_mode=static, max_num_faces=self.max_faces, refine_landmarks=True,
+            min_detection_confidence=confidence, min_tracking_confidence=0.5))
 
     def _graphs(self):
         if self._mesh is None:
-            self._mesh = self._make_mesh(not self.video, self.confidence)
-            with quiet_native_logs():
-                from mediapipe.python.solutions import face_detection
+            from mediapipe.python.solutions import face_detection
 
-                self._scorer = face_detection.FaceDetection(model_selection=DETECTORS[self.detector],
-                                                            min_detection_confidence=min(self.confidence, 0.3))
+            self._mesh = self._make_mesh(not self.video, self.confidence)
+            self._scorer = open_graph_quietly(lambda: face_detection.FaceDetection(
+                model_selection=DETECTORS[self.detector], min_detection_confidence=min(self.confidence, 0.3)))
         return self._mesh, self._scorer
 
     def reset(self) -> None:

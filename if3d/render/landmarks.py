@@ -19,9 +19,10 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -36,6 +37,8 @@ _NATIVE_NOISE = re.compile(
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
 )
 _NATIVE_LOCK = threading.Lock()
+_WARM_UP_SIDE = 64
+T = TypeVar("T")
 
 
 @contextmanager
@@ -76,6 +79,28 @@ def quiet_native_logs() -> Iterator[None]:
                 kept = [line for line in tmp.read().splitlines(keepends=True) if not _NATIVE_NOISE.match(line)]
                 if kept:
                     os.write(2, b"".join(kept))
+
+
+def open_graph_quietly(build: Callable[[], T]) -> T:
+    """Build a MediaPipe solution (``FaceMesh``, ``FaceDetection``) and run it once on a blank frame, all
+    inside :func:`quiet_native_logs`.
+
+    The graph's calculators open on MediaPipe's own threads after the constructor returns, and they write
+    their INFO/WARNING lines then; a first ``process`` call returns only after every calculator has
+    opened, so those lines land inside the block instead of racing past its end.
+
+    Args:
+        build: no-argument factory of the solution.
+
+    Returns:
+        The solution, its graph open. A blank frame finds no face, so no tracking state is left behind.
+    """
+    with warnings.catch_warnings(), quiet_native_logs():
+        # mediapipe 0.10 calls a protobuf API deprecated in protobuf >= 4.21 on every image.
+        warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
+        solution = build()
+        solution.process(np.zeros((_WARM_UP_SIDE, _WARM_UP_SIDE, 3), dtype=np.uint8))
+    return solution
 
 
 @dataclass(frozen=True)
@@ -123,15 +148,14 @@ class FaceLandmarker:
     def _mesh(self, confidence: float):
         mesh = self._meshes.get(confidence)
         if mesh is None:
-            with quiet_native_logs():
-                from mediapipe.python.solutions import face_mesh
+            from mediapipe.python.solutions import face_mesh
 
-                mesh = face_mesh.FaceMesh(
-                    static_image_mode=True,
-                    max_num_faces=1,
-                    refine_landmarks=True,
-                    min_detection_confidence=confidence,
-                )
+            mesh = open_graph_quietly(lambda: face_mesh.FaceMesh(
+                static_image_mode=True,
+                max_num_faces=1,
+                refine_landmarks=True,
+                min_detection_confidence=confidence,
+            ))
             self._meshes[confidence] = mesh
         return mesh
 
