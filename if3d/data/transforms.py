@@ -112,9 +112,9 @@ PRESETS: dict[str, AugmentRecipe] = {
     "rafdb": AugmentRecipe(
         geometric_p=0.2, degrees=5.0, translate=0.0, scale=(1.0, 1.0), crop_padding=8, erase_scale=(0.02, 0.25)
     ),
-    "light": AugmentRecipe(geometric_p=0.2, degrees=5.0, translate=0.0, scale=(1.0, 1.0), crop_padding=8, erase_p=0.0),
     "none": AugmentRecipe(hflip=0.0, geometric_p=0.0, erase_p=0.0),
 }
+PRESETS["light"] = replace(PRESETS["rafdb"], erase_p=0.0)
 """Named recipes: ``affectnet`` (DDAMFN/If3D AffectNet), ``rafdb`` (DDAMFN RAF-DB), ``light`` (``rafdb``
 without erasing), ``none``."""
 
