@@ -52,6 +52,25 @@ def _evaluate_worker(rank: int, port: int, data: str, out: str) -> None:
         cleanup_distributed()
 
 
+def _gather_worker(rank: int, port: int, out: str) -> None:
+    """Rank 0 holds both samples (an [N, 3] output, a bool target); rank 1's shard is empty, as when a job has
+    more ranks than samples, and it only has the zero-length placeholders of an empty prediction loop."""
+    _set_env(rank, port)
+    from if3d.runtime.distributed import gather_results
+
+    init_distributed("cpu")
+    try:
+        if rank == 0:
+            local = {"index": np.array([1, 0]), "au_pred": np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32),
+                     "active": np.array([True, False])}
+        else:
+            local = {"index": np.zeros(0, np.int64), "au_pred": np.zeros(0, np.float32),
+                     "active": np.zeros(0, np.float32)}
+        np.savez(Path(out) / f"rank{rank}.npz", **gather_results(local))
+    finally:
+        cleanup_distributed()
+
+
 def _fit_worker(rank: int, port: int, argv: list[str]) -> None:
     _set_env(rank, port)
     from if3d.train.cli import config_from_args
@@ -90,6 +109,16 @@ def test_gathered_evaluation_equals_single_process(data, tmp_path):
             assert np.array_equal(got[k], single[k]), k
         for k in ("probabilities", "valence_pred", "arousal_pred", "valence"):
             assert np.allclose(got[k], single[k], atol=1e-6, equal_nan=True), k
+
+
+def test_a_rank_with_an_empty_shard_takes_the_other_ranks_shapes_and_dtypes(tmp_path):
+    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        assert got["index"].tolist() == [0, 1]
+        assert got["au_pred"].tolist() == [[4.0, 5.0, 6.0], [1.0, 2.0, 3.0]]
+        assert got["active"].dtype == bool
+        assert got["active"].tolist() == [False, True]
 
 
 def test_ddp_training_metrics_equal_single_process_evaluation(data, tmp_path):

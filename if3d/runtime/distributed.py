@@ -116,7 +116,8 @@ def gather_results(results: Mapping[str, np.ndarray], order_key: str = "index") 
 
     Args:
         results: equal-length arrays of this rank's samples (first dimension = sample), one of
-            them the dataset index under ``order_key``.
+            them the dataset index under ``order_key``. A rank without samples may give zero-length
+            arrays of any shape and dtype: only non-empty ranks' arrays are concatenated.
         order_key: the key whose values define the global order; must be unique across ranks
             (true for :class:`ShardedEvalSampler` shards).
 
@@ -131,7 +132,9 @@ def gather_results(results: Mapping[str, np.ndarray], order_key: str = "index") 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, local)
-        merged = {k: np.concatenate([p[k] for p in parts], axis=0) for k in local}
+        # A rank with an empty shard cannot know the others' trailing shapes or dtypes (an [N, 12] AU
+        # output, a bool target): its zero-length placeholders take no part in the concatenation.
+        merged = {k: np.concatenate([p[k] for p in parts if len(p[k])] or [local[k]], axis=0) for k in local}
     else:
         merged = local
     order = np.argsort(merged[order_key], kind="stable")
