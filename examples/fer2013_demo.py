@@ -102,15 +102,19 @@ class Runner:
 
 
 def make_subset(src: Path, dst: Path, train_per_class: int, test_per_class: int) -> dict[str, int]:
-    """Link (or copy) the first N files (sorted by name) of each class; returns counts per split."""
-    counts = {"train": 0, "test": 0}
+    """Link (or copy) the first N files (sorted by name) of each class; returns counts per split and, under
+    ``train_capped``, whether the cap left out any training photo."""
+    counts = {"train": 0, "test": 0, "train_capped": 0}
     for split, n in (("train", train_per_class), ("test", test_per_class or None)):
         if not (src / split).is_dir():
             raise FileNotFoundError(f"{src / split} is missing (expected FER2013 image folders)")
         for cls in sorted(p for p in (src / split).iterdir() if p.is_dir()):
             out = dst / split / cls.name
             out.mkdir(parents=True, exist_ok=True)
-            for f in sorted(cls.iterdir())[:n]:
+            files = sorted(cls.iterdir())
+            if split == "train" and len(files) > n:
+                counts["train_capped"] = 1
+            for f in files[:n]:
                 target = out / f.name
                 if not target.exists():
                     try:
@@ -196,8 +200,9 @@ def write_results(args, work: Path, run: Runner, counts: dict, results: list[dic
     evaluated = first[next(iter(first))]["num_samples"]
     text = "\n".join([
         BEGIN,
-        f"FER2013: a class-capped training subset (the first {args.train_per_class} training photos of each class: "
-        f"{counts['train']} photos, {first[next(iter(first))]['train_samples']} with a render) and "
+        (f"FER2013: a class-capped training subset (the first {args.train_per_class} training photos of each class: "
+         if counts.get("train_capped", 1) else "FER2013: the whole training set (")
+        + f"{counts['train']} photos, {first[next(iter(first))]['train_samples']} with a render) and "
         + ("the whole PublicTest" if not args.test_per_class else f"{args.test_per_class} PublicTest photos per class")
         + f" ({counts['test']} photos; MediaPipe found a face in {evaluated}, which every model is tested on; "
         f"the column 'accuracy on all {counts['test']}' counts the {counts['test'] - evaluated} photos without a "
