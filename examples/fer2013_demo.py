@@ -201,7 +201,7 @@ def write_results(args, work: Path, run: Runner, counts: dict, results: list[dic
     text = "\n".join([
         BEGIN,
         (f"FER2013: a class-capped training subset (the first {args.train_per_class} training photos of each class: "
-         if counts.get("train_capped", 1) else "FER2013: the whole training set (")
+         if counts["train_capped"] else "FER2013: the whole training set (")
         + f"{counts['train']} photos, {first[next(iter(first))]['train_samples']} with a render) and "
         + ("the whole PublicTest" if not args.test_per_class else f"{args.test_per_class} PublicTest photos per class")
         + f" ({counts['test']} photos; MediaPipe found a face in {evaluated}, which every model is tested on; "
