@@ -107,6 +107,22 @@ def test_fer2013_folders_counts_match_the_readme(fer2013_root):
     assert np.isnan(float(sample["valence"]))
 
 
+def test_a_calibration_split_is_carved_from_train_stratified_and_never_from_publictest(data_dir, tmp_path):
+    a = convert("fer2013-folders", data_dir / "fer2013", tmp_path / "a", calibration_fraction=0.05, verbose=False)
+    assert a["totals"] == {"train": 27273, "val": 3589, "calib": 1436}
+    for name in AFFECTNET7:  # each class keeps its share in calib (stratified)
+        total = a["splits"]["train"][name] + a["splits"]["calib"][name]
+        assert abs(a["splits"]["calib"][name] - 0.05 * total) <= 1
+    names = {s: {p.name for p in (tmp_path / "a" / "photos" / s).rglob("*.jpg")} for s in ("train", "calib", "val")}
+    assert not names["train"] & names["calib"]
+    assert all(n.startswith("Training_") for n in names["calib"])
+    assert "calibration split 'calib'" in a["split_note"]
+    b = convert("fer2013-folders", data_dir / "fer2013", tmp_path / "b", calibration_fraction=0.05, verbose=False)
+    assert {p.name for p in (tmp_path / "b" / "photos" / "calib").rglob("*.jpg")} == names["calib"]  # seeded
+    with pytest.raises(ValueError, match="calibration_fraction"):
+        convert("fer2013-folders", data_dir / "fer2013", tmp_path / "c", calibration_fraction=1.0, verbose=False)
+
+
 def test_ckplus_counts_and_subject_independent_validation(data_dir, tmp_path):
     out = tmp_path / "ckplus"
     counts = convert("ckplus", data_dir / "ckplus48", out, val_fraction=0.1, seed=0, verbose=False)

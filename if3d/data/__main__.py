@@ -37,7 +37,10 @@ def _add_convert(sub) -> None:
     p.add_argument("--out", required=True, help="output dataset root, e.g. Dataset/fer2013")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="validation share carved from train when the source has no validation split (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the carved validation split")
+    p.add_argument("--calibration-fraction", type=float, default=0.0,
+                   help="share of the training photos (stratified by class) written as a 'calib' split for "
+                   "temperature scaling and following a run, never trained on (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the carved validation and calibration splits")
     p.add_argument("--split-by", choices=("subject", "sample"), default="subject",
                    help="carve validation by subject/source image where known (CK+, JAFFE, ExpW) or by sample")
     p.add_argument("--align", choices=("auto", "none", "detect"), default="auto",
@@ -73,7 +76,8 @@ def _add_convert(sub) -> None:
 def _run_convert(args) -> int:
     from if3d.data.converters import convert
 
-    convert(args.format, args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
+    convert(args.format, args.src, args.out, val_fraction=args.val_fraction,
+            calibration_fraction=args.calibration_fraction, seed=args.seed,
             overwrite=args.overwrite, align=args.align, split_by=args.split_by, link=args.link, size=args.size,
             margin=args.margin, workers=args.workers, verbose=not args.quiet, labels=args.labels,
             image_column=args.image_column, label_column=args.label_column, split_column=args.split_column,

@@ -132,6 +132,7 @@ def convert(
     out: str | os.PathLike,
     *,
     val_fraction: float = 0.1,
+    calibration_fraction: float = 0.0,
     seed: int = 0,
     overwrite: bool = False,
     align: str | None = None,
@@ -150,6 +151,8 @@ def convert(
         src: source folder or file.
         out: output dataset root (e.g. ``Dataset/fer2013``).
         val_fraction, seed: the carved validation split (sources without an official one; 0 = none).
+        calibration_fraction: share of the training photos (stratified by class, seeded) written as a
+            ``calib`` split instead, in [0, 1); 0 = none.
         overwrite: replace a non-empty ``out`` that an earlier conversion wrote (it holds the toolkit's
             marker file); any other folder is never deleted.
         align: ``"none"``/``"detect"``/``None`` (format default) for face detection and alignment.
@@ -182,7 +185,9 @@ def convert(
     sources = [src, options.get("labels")]
     check_replaceable(out, "dataset", sources, overwrite)  # fail before a long scan
     source = scan(fmt, src, align, **options)
-    opts = WriteOptions(val_fraction=val_fraction, seed=seed, group_split=split_by == "subject",
+    if not 0.0 <= calibration_fraction < 1.0:
+        raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction}")
+    opts = WriteOptions(val_fraction=val_fraction, calibration_fraction=calibration_fraction, seed=seed, group_split=split_by == "subject",
                         overwrite=overwrite, link=link, size=size, margin=margin, workers=workers, verbose=verbose)
     if isinstance(source, ClipScan):
         return write_clip_dataset(source, out, opts, fmt=fmt, src=src, sources=sources)

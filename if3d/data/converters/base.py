@@ -93,13 +93,16 @@ class WriteOptions:
     """Options of :func:`write_dataset`.
 
     ``val_fraction``/``seed``: the carved validation split (when the source has no official one; 0
-    disables); ``group_split``: carve by ``SourceItem.group`` (subject-independent); ``overwrite``: replace
+    disables); ``calibration_fraction``: a stratified, seeded share of the training photos written as a
+    ``calib`` split (0: none) -- held out from training so that probabilities can be calibrated and
+    checkpoints followed on photos that neither the model nor the reported split has seen; ``group_split``: carve by ``SourceItem.group`` (subject-independent); ``overwrite``: replace
     a non-empty ``out``; ``link``: ``"hardlink"`` (falls back to copy), ``"copy"`` or ``"symlink"``;
     ``size``/``margin``: output side and margin of aligned faces; ``workers``: processes for face
     detection/cropping; ``verbose``: print the count table and the report summary.
     """
 
     val_fraction: float = 0.1
+    calibration_fraction: float = 0.0
     seed: int = 0
     group_split: bool = True
     overwrite: bool = False
@@ -159,14 +162,30 @@ def carve_validation(labels: np.ndarray, fraction: float, seed: int, groups: lis
 
 
 def assign_splits(scan: SourceScan, opts: WriteOptions) -> str:
-    """Set ``split`` on every item (None -> train; carve ``val`` from train when no item is in val).
+    """Set ``split`` on every item (None -> train; carve ``val`` from train when no item is in val; carve
+    ``calib`` from train when ``opts.calibration_fraction`` > 0).
 
     Returns:
-        a one-line description of how the validation split was obtained.
+        a one-line description of how the validation (and calibration) splits were obtained.
     """
     for it in scan.items:
         if it.split is None:
             it.split = "train"
+    note = _assign_val(scan, opts)
+    if opts.calibration_fraction > 0:
+        train = [i for i, it in enumerate(scan.items) if it.split == "train"]
+        labels = np.array([scan.items[i].label for i in train], dtype=np.int64)
+        # its own seed stream: the calibration photos do not depend on whether val was carved too
+        is_cal = carve_validation(labels, opts.calibration_fraction, opts.seed + 7919)
+        for i, c in zip(train, is_cal):
+            if c:
+                scan.items[i].split = "calib"
+        note += (f"; calibration split 'calib' carved from train: fraction {opts.calibration_fraction}, "
+                 f"stratified, seed {opts.seed}")
+    return note
+
+
+def _assign_val(scan: SourceScan, opts: WriteOptions) -> str:
     if any(it.split == "val" for it in scan.items):
         return "official validation split"
     if opts.val_fraction <= 0:
