@@ -64,6 +64,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from networks.inference import InferencePolicy, resolve_checkpoint
 from networks.numpy_pickle import read_numpy_state_pickle
 from networks.safe_pickle import AllowListUnpickler, UnsafePickleError, numpy_multiarray
 
@@ -305,9 +306,26 @@ def _strip_module_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_tensors(sd: Mapping[str, Any], path: str, what: str) -> dict[str, Tensor]:
+    """``sd`` as a dict when every entry is a named tensor and every floating-point value is finite.
+
+    Raises:
+        CheckpointFormatError: an entry that is not a tensor, or a tensor holding NaN or infinity (a model
+            with such weights predicts garbage, e.g. NaN probabilities whose argmax is always class 0); the
+            message names the file and the first bad tensor.
+    """
+    bad: list[str] = []
     for key, value in sd.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise CheckpointFormatError(f"{path}: {what} entry {key!r} is {type(value).__name__}, not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(key)
+    if bad:
+        first = sd[bad[0]]
+        n = int((~torch.isfinite(first)).sum())
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CheckpointFormatError(
+            f"{path}: non-finite weights: {bad[0]} {tuple(first.shape)} holds {n} NaN/inf values{more}; "
+            "the file is damaged or comes from a diverged training")
     return dict(sd)
 
 
@@ -397,7 +415,8 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
     """Read and classify a checkpoint file without touching any model.
 
     Args:
-        path: the file.
+        path: the file, or ``"default"``: the shipped default expression model
+            (:func:`networks.inference.resolve_checkpoint`).
         map_location: as in :func:`torch.load`.
 
     Returns:
@@ -408,7 +427,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
         UnsafePickleError: the pickle refers to a global outside the allow-list (nothing was run).
         CheckpointFormatError: not a readable checkpoint of a supported format.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     spath = str(path)
@@ -628,4 +647,10 @@ def build_model_from_checkpoint(
             "build the model with networks.create_model and use networks.load_weights"
         )
     report = load_state_dict_checked(model, sd, ckpt.source, strict, ckpt.path, ckpt.metadata)
+    try:
+        policy = InferencePolicy.from_metadata(ckpt.metadata)
+    except ValueError as exc:
+        raise CheckpointFormatError(f"{ckpt.path}: {exc}") from None
+    if not policy.is_identity:
+        model.inference_policy = policy  # applied by networks.inference.predict_logits, in eval mode only
     return model.eval(), report

@@ -262,3 +262,25 @@ def test_missing_and_unreadable_files_name_the_path(tmp_path):
     torch.save({"weight": torch.zeros(1)}, bare)
     with pytest.raises(CheckpointFormatError, match="bare state dict"):
         build_model_from_checkpoint(bare)
+
+
+def test_non_finite_weights_are_refused_everywhere_naming_the_file_and_the_tensor(tmp_path, small_state):
+    bad = dict(small_state)
+    key = "fc.weight"
+    bad[key] = small_state[key].clone()
+    bad[key][0, :3] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(_ours(bad), path)
+    with pytest.raises(CheckpointFormatError, match=r"nan\.pth: non-finite weights: fc\.weight .* 3 NaN/inf"):
+        build_model_from_checkpoint(path)
+    with pytest.raises(CheckpointFormatError, match="non-finite"):
+        load_weights(create_model("ddamfn", num_classes=7, num_heads=1), path)  # --pretrained
+    inf = dict(small_state)
+    name = next(k for k in small_state if k.endswith("running_var"))
+    inf[name] = torch.full_like(small_state[name], float("inf"))
+    torch.save(_ours(inf), tmp_path / "inf.pth")
+    with pytest.raises(CheckpointFormatError, match="non-finite"):
+        read_checkpoint(tmp_path / "inf.pth")
+    # integer buffers (num_batches_tracked) are not floats and are never checked
+    torch.save(_ours(small_state), tmp_path / "ok.pth")
+    assert build_model_from_checkpoint(tmp_path / "ok.pth")[1].ok

@@ -31,8 +31,14 @@ def model_streams(model: nn.Module) -> tuple[str, ...]:
 
 
 def forward_model(model: nn.Module, inputs: Sequence[torch.Tensor]):
-    """``model(photo)`` or ``model(photo, render)``: the prepared inputs in the model's stream order."""
-    return model(*inputs)
+    """``model(photo)`` or ``model(photo, render)``: the prepared inputs in the model's stream order.
+
+    A model in eval mode that carries an inference policy (a checkpoint's temperature and test-time flip
+    averaging, :mod:`networks.inference`) is run with it; a model in training mode never is.
+    """
+    from networks.inference import predict_logits
+
+    return predict_logits(model, inputs)
 
 
 
