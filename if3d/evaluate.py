@@ -14,6 +14,15 @@ from the weights) or a DDAMFN checkpoint — runs it on the split and writes to 
                                      valence/arousal targets and predictions
     confusion_matrix.png             counts (seaborn), accuracy in the title
     confusion_matrix_normalized.png  rows normalised to 1 (per-class recall on the diagonal)
+    reliability_diagram.png          accuracy against confidence in 15 bins, before and after the checkpoint's
+                                     temperature
+
+``metrics.json`` also holds the calibration of the probabilities (:func:`if3d.metrics.calibration_metrics`):
+``nll``, ``brier`` and ``ece`` (15 bins) of the probabilities as the checkpoint gives them (its temperature
+applied, when it has one: ``python -m if3d.calibration`` fits it on a held-out split), ``uncalibrated``
+(the same at temperature 1), ``temperature`` and ``flip_average`` (whether the logits of each photo and its
+mirror image were averaged, the checkpoint's documented default unless ``--flip-average`` /
+``--no-flip-average`` says otherwise). ``--checkpoint default`` is the model that ships with the toolkit.
 
 Class names are compared, never assumed: the dataset's labels (its ``classes.json``, canonical
 AffectNet-8 order for explicit folders) are mapped onto the checkpoint's classes by name (any common
@@ -35,28 +44,20 @@ import pickle
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from if3d.atomic import atomic_write_json, atomic_write_text
 from if3d.classes import canonical_label, class_names_for
-from if3d.data.source import SplitSource, dataset_report, open_split, sample_path
-from if3d.plots import plot_confusion_matrix
-from if3d.runtime import (
-    BatchPreparer,
-    RuntimeConfig,
-    cleanup_distributed,
-    init_distributed,
-    model_streams,
-    predict,
-    resolve_runtime,
-    summarize_predictions,
-)
-from if3d.runtime.allocator import tune_glibc_malloc
+from if3d.console import HelpFormatter, exit_status
+
+if TYPE_CHECKING:  # torch, the data pipeline, the runtime and the plots load when a job runs, not for --help
+    import torch
 
 DEFAULT_OUT_ROOT = "FusionConfusionMatrix"
+
+EXIT_STATUS = {0: "done", 2: "bad options, data, checkpoint or output folder (the message names it)"}
 
 
 def checkpoint_class_names(metadata: Mapping[str, Any], num_classes: int) -> list[str]:
@@ -92,6 +93,8 @@ def label_mapping(data_names: Sequence[str], model_names: Sequence[str]) -> dict
 
 
 def _num_classes(model: torch.nn.Module, streams: Sequence[str], image_size: int) -> int:
+    import torch
+
     n = getattr(model, "num_classes", None)
     if isinstance(n, int):
         return n
@@ -185,6 +188,7 @@ def evaluate_checkpoint(
     skip_missing_renders: bool = False,
     max_samples: int | None = None,
     seed: int = 0,
+    flip_average: bool | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on one split and write metrics, predictions and confusion matrices.
@@ -198,6 +202,7 @@ def evaluate_checkpoint(
             allocator tuning, :func:`if3d.runtime.allocator.tune_glibc_malloc`, applies to CPU runs only).
         skip_missing_renders: skip (and count) photos without a render.
         max_samples: seeded random subset of the split.
+        flip_average: average the logits of each photo and its mirror image (None: the checkpoint's default).
 
     Returns:
         The metrics dict (also in ``<out>/metrics.json``), plus ``'checkpoint'``, ``'model'``,
@@ -208,6 +213,16 @@ def evaluate_checkpoint(
             output folder, bad options, or a dataset that shares no class with the model (the message
             says which).
     """
+    from if3d.data.source import SplitSource, open_split
+    from if3d.runtime import (
+        BatchPreparer,
+        cleanup_distributed,
+        init_distributed,
+        model_streams,
+        predict,
+        summarize_predictions,
+    )
+
     if (data is None) == (photos is None):
         raise ValueError("give either data (a canonical dataset root) or photos (explicit paths)")
     if data is not None and split is None:
@@ -223,6 +238,11 @@ def evaluate_checkpoint(
             _prepare_out_dir(out_dir)
         model, report, class_names, runtime = _load_model(checkpoint, info, amp=amp, channels_last=channels_last,
                                                           tune_allocator=tune_allocator, image_size=image_size)
+        if flip_average is not None:
+            from networks.inference import InferencePolicy
+
+            old = getattr(model, "inference_policy", None) or InferencePolicy()
+            model.inference_policy = InferencePolicy(temperature=old.temperature, flip_average=flip_average)
         streams = model_streams(model)
         dataset = open_split(source, image_size=image_size, streams=streams,
                              skip_missing_renders=skip_missing_renders, max_samples=max_samples, seed=seed + 1)
@@ -239,6 +259,7 @@ def evaluate_checkpoint(
         if len(results["label"]) == 0:
             raise ValueError("no sample of the split belongs to a class of the checkpoint")
         metrics = summarize_predictions(results, class_names)
+        metrics.update(_calibration(results, model))
         if info.is_main:
             where = f"{Path(data).resolve().name} {split}" if data is not None else None
             metrics = _write_outputs(metrics, results, dataset, out_dir, checkpoint, model, report, streams,
@@ -250,8 +271,26 @@ def evaluate_checkpoint(
         cleanup_distributed()
 
 
+def _calibration(results: Mapping[str, np.ndarray], model: torch.nn.Module) -> dict[str, Any]:
+    """``nll``, ``brier``, ``ece`` with the model's temperature, ``uncalibrated`` (temperature 1), the temperature,
+    the flip averaging, and the reliability bins of both (for the diagram)."""
+    from if3d.metrics import calibration_metrics, reliability_bins, rescale_temperature
+
+    policy = getattr(model, "inference_policy", None)
+    temperature = float(policy.temperature) if policy is not None else 1.0
+    probs, labels = results["probabilities"], results["label"]
+    raw = rescale_temperature(probs, 1.0 / temperature) if temperature != 1.0 else probs
+    return {**calibration_metrics(probs, labels), "uncalibrated": calibration_metrics(raw, labels),
+            "temperature": temperature, "flip_average": bool(policy is not None and policy.flip_average),
+            "reliability": reliability_bins(probs, labels), "reliability_uncalibrated": reliability_bins(raw, labels)}
+
+
 def _load_model(checkpoint, info, *, amp, channels_last, tune_allocator, image_size):
     """The checkpoint's model on the device in eval mode, its load report, class names and runtime settings."""
+    import torch
+
+    from if3d.runtime import RuntimeConfig, model_streams, resolve_runtime
+    from if3d.runtime.allocator import tune_glibc_malloc
     from networks.weights import build_model_from_checkpoint
 
     model, report = build_model_from_checkpoint(checkpoint)
@@ -269,6 +308,9 @@ def _load_model(checkpoint, info, *, amp, channels_last, tune_allocator, image_s
 
 def _write_outputs(metrics, results, dataset, out_dir: Path, checkpoint, model, report, streams, split_label,
                    class_names, excluded, where: str | None = None) -> dict:
+    from if3d.data.source import dataset_report, sample_path
+    from if3d.plots import plot_confusion_matrix, plot_reliability_diagram
+
     model_label = _model_label(model, report)
     metrics = {
         **metrics,
@@ -290,6 +332,10 @@ def _write_outputs(metrics, results, dataset, out_dir: Path, checkpoint, model, 
                           title=title, accuracy=acc)
     plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix_normalized.png",
                           normalize=True, title=f"{title} (row-normalised)", accuracy=acc)
+    t = metrics["temperature"]
+    plot_reliability_diagram(metrics["reliability"], out_dir / "reliability_diagram.png", ece=metrics["ece"],
+                             title=f"{title}, temperature {t:.3f}",
+                             before=metrics["reliability_uncalibrated"] if t != 1.0 else None)
     metrics["out"] = str(out_dir)
     return metrics
 
@@ -332,19 +378,26 @@ def format_metrics(m: dict) -> str:
             v = m[k]
             lines.append(f"  {k:<8} RMSE {v['rmse']:.4f}  PCC {v['pcc']:.4f}  CCC {v['ccc']:.4f}  "
                          f"SAGR {v['sagr']:.4f}  ({v['num_samples']} samples)")
+    if "nll" in m:
+        u = m["uncalibrated"]
+        lines.append(f"  calibration        NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  ECE {m['ece']:.4f}  "
+                     f"(temperature {m['temperature']:.3f}; at temperature 1: NLL {u['nll']:.4f}  Brier "
+                     f"{u['brier']:.4f}  ECE {u['ece']:.4f}){'; flip-averaged' if m.get('flip_average') else ''}")
     if m.get("excluded_samples"):
         lines.append(f"  left out (classes the checkpoint does not have): {m['excluded_samples']}")
     if "out" in m:
-        lines.append(f"  written to {m['out']}/ (metrics.json, predictions.csv, confusion_matrix*.png)")
+        lines.append(f"  written to {m['out']}/ (metrics.json, predictions.csv, confusion_matrix*.png, "
+                     "reliability_diagram.png)")
     return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Evaluate a checkpoint (ours, If3D's FinalCheckPoints or DDAMFN's) on a dataset split.",
-        epilog="Exit status: 0 done, 2 bad options, data, checkpoint or output folder.",
+        epilog=exit_status(EXIT_STATUS), formatter_class=HelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="checkpoint file, or 'default': the expression model that ships with the toolkit")
     p.add_argument("--data", metavar="ROOT", help="canonical dataset root")
     p.add_argument("--split", help="split of --data (default: test when it exists, else val)")
     p.add_argument("--photos", "--test-photos", dest="photos", metavar="DIR",
@@ -353,18 +406,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", "--test-annotations", dest="annotations", metavar="CSV",
                    help="explicit valence/arousal CSV")
     p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT_ROOT}/<checkpoint>_<split>)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--batch-size", type=int, default=64, help="samples per batch")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data loader worker processes (default: the CPU cores, at most 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", nargs="?", const="auto", choices=("off", "bf16", "fp16", "auto"),
                    help="autocast (default: the device's fast-path default)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: the device's fast-path default)")
     p.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=None,
                    help="keep freed CPU memory in glibc's heap for reuse (default on for CPU runs)")
-    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--image-size", type=int, default=112, help="side of the model's input images in pixels")
     p.add_argument("--skip-missing-renders", action="store_true", help="skip (and count) photos without a render")
     p.add_argument("--max-samples", type=int, metavar="N", help="seeded random subset of the split")
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-samples subset")
+    p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the logits of each photo and its mirror image (default: the checkpoint's)")
     return p
 
 
@@ -393,6 +450,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             device=args.device, amp=args.amp, channels_last=args.channels_last,
             tune_allocator=args.tune_allocator, image_size=args.image_size,
             skip_missing_renders=args.skip_missing_renders, max_samples=args.max_samples, seed=args.seed,
+            flip_average=args.flip_average,
         )
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr, flush=True)

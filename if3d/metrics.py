@@ -210,3 +210,132 @@ def au_metrics(predictions: np.ndarray, targets: np.ndarray, au_names: Sequence[
 
     return {"per_au": per, "icc_mean": mean("icc"), "pcc_mean": mean("pcc"), "mae_mean": mean("mae"),
             "num_samples": int(x.shape[0])}
+
+
+#: Confidence bins of the expected calibration error (Guo et al. 2017, section 2, M = 15).
+ECE_BINS = 15
+
+
+def _checked_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if p.ndim != 2 or len(p) != len(y):
+        raise ValueError(f"probabilities must be [N, C] with N = {len(y)} labels, got shape {p.shape}")
+    if len(y) == 0:
+        raise ValueError("no samples: calibration metrics need at least one prediction")
+    if not np.isfinite(p).all():
+        raise ValueError("probabilities hold NaN or infinity")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"labels must be class indices in [0, {p.shape[1] - 1}], got {y.min()}..{y.max()}")
+    return p, y
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, list]:
+    """Confidence histogram of a classifier: the top probability of each sample in ``bins`` equal-width bins
+    of (0, 1] (Guo, Pleiss, Sun, Weinberger, "On Calibration of Modern Neural Networks", ICML 2017, eq. 2-3).
+
+    Args:
+        probabilities: [N, C] class probabilities (rows sum to 1).
+        labels: [N] true class indices.
+        bins: number of bins M.
+
+    Returns:
+        ``{'edges' [M + 1], 'count' [M], 'confidence' [M] mean top probability, 'accuracy' [M]}``; empty bins
+        have count 0 and confidence/accuracy ``None``.
+
+    Raises:
+        ValueError: shapes that do not match, no sample, non-finite probabilities, labels out of range.
+    """
+    p, y = _checked_probabilities(probabilities, labels)
+    conf = p.max(1)
+    correct = p.argmax(1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # bin m holds (edges[m], edges[m + 1]]; a confidence of exactly 0 cannot occur for a distribution
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    out: dict[str, list] = {"edges": edges.tolist(), "count": [], "confidence": [], "accuracy": []}
+    for m in range(bins):
+        sel = which == m
+        n = int(sel.sum())
+        out["count"].append(n)
+        out["confidence"].append(float(conf[sel].mean()) if n else None)
+        out["accuracy"].append(float(correct[sel].mean()) if n else None)
+    return out
+
+
+def calibration_metrics(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, float]:
+    """How well class probabilities match outcomes.
+
+    - ``nll``: mean negative log-likelihood of the true class, ``-mean(log p[y])`` (natural log; a probability
+      below 1e-12 counts as 1e-12), in [0, 27.6].
+    - ``brier``: multi-class Brier score (Brier 1950), ``mean(sum_c (p_c - [y = c])^2)``, in [0, 2].
+    - ``ece``: expected calibration error over ``bins`` equal-width confidence bins (Guo et al. 2017, eq. 3),
+      ``sum_m |B_m| / N * |acc(B_m) - conf(B_m)|``, in [0, 1].
+
+    Args:
+        probabilities: [N, C] class probabilities (rows sum to 1).
+        labels: [N] true class indices.
+
+    Raises:
+        ValueError: as :func:`reliability_bins`.
+    """
+    p, y = _checked_probabilities(probabilities, labels)
+    n = len(y)
+    nll = float(-np.log(np.clip(p[np.arange(n), y], 1e-12, 1.0)).mean())
+    onehot = np.zeros_like(p)
+    onehot[np.arange(n), y] = 1.0
+    brier = float(((p - onehot) ** 2).sum(1).mean())
+    rel = reliability_bins(p, y, bins)
+    ece = sum(c / n * abs(a - f) for c, a, f in zip(rel["count"], rel["accuracy"], rel["confidence"]) if c)
+    return {"nll": nll, "brier": brier, "ece": float(ece)}
+
+
+def rescale_temperature(probabilities: np.ndarray, factor: float) -> np.ndarray:
+    """Probabilities of logits divided by ``factor``: ``softmax(log p / factor)`` (float64 [N, C]).
+
+    ``softmax(z / T)`` depends on ``z`` only up to a constant per row, so ``log p`` stands in for the logits:
+    with ``factor = 1 / T`` this undoes a temperature ``T`` already applied, with ``factor = T`` applies one.
+
+    Raises:
+        ValueError: ``factor`` is not a finite number > 0.
+    """
+    if not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"a temperature must be a finite number > 0, got {factor}")
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None)) / factor
+    logp -= logp.max(1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature ``T`` that minimises the NLL of ``softmax(logits / T)`` on a held-out split (Guo et al.
+    2017, section 4.2, temperature scaling); a bounded scalar search over ``log T`` (SciPy).
+
+    Args:
+        logits: [N, C] logits (or log-probabilities: the same up to a constant per row) of a split that the
+            reported split never touches.
+        labels: [N] true class indices.
+        bounds: the search interval of ``T``.
+
+    Returns:
+        ``T`` in ``bounds`` (1 leaves the probabilities as they are; > 1 softens over-confident ones).
+
+    Raises:
+        ValueError: empty or mismatched inputs, non-finite logits.
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
+        raise ValueError(f"logits must be [N, C] with N = {len(y)} > 0 labels, got shape {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError("logits hold NaN or infinity")
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / np.exp(log_t), axis=1)[rows, y].mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-5})
+    return float(np.exp(res.x))

@@ -144,3 +144,55 @@ def plot_frame_attention(
         return atomic_write(path, write)
     finally:
         plt.close(fig)
+
+
+def plot_reliability_diagram(
+    bins: dict,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    ece: float | None = None,
+    before: dict | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Reliability diagram (Guo et al. 2017, figure 1): accuracy against mean confidence per confidence bin,
+    with the diagonal of perfect calibration and the share of samples per bin, saved as PNG (atomic write).
+
+    Args:
+        bins: :func:`if3d.metrics.reliability_bins` of the probabilities shown.
+        path: output ``.png`` path; parent folders are created.
+        title: first title line; ``ece``, when given, is appended to it.
+        before: the same bins before calibration (temperature 1), drawn as a line for comparison.
+
+    Returns:
+        ``path``.
+    """
+    edges = np.asarray(bins["edges"], dtype=np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    acc = np.array([np.nan if a is None else a for a in bins["accuracy"]], dtype=np.float64)
+    counts = np.asarray(bins["count"], dtype=np.float64)
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    try:
+        ax.bar(centers, np.nan_to_num(acc), width=width * 0.95, color="#4c72b0", edgecolor="white",
+               label="accuracy per bin")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        if before is not None:
+            conf_b = [c for c in before["confidence"] if c is not None]
+            acc_b = [a for a, c in zip(before["accuracy"], before["confidence"]) if c is not None]
+            ax.plot(conf_b, acc_b, "o-", color="#dd8452", ms=3, label="before calibration")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper left", fontsize=8)
+        head = title or "Reliability diagram"
+        if ece is not None:
+            head = f"{head}\nECE {ece:.4f} ({len(counts)} bins)"
+        ax.set_title(head)
+        axh.bar(centers, counts / max(counts.sum(), 1.0), width=width * 0.95, color="#55a868")
+        axh.set_xlabel("confidence (top class probability)")
+        axh.set_ylabel("share")
+        fig.tight_layout()
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)

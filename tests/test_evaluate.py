@@ -37,11 +37,11 @@ def _check_pngs(out: Path) -> None:
 
 
 def test_our_checkpoint_metrics_match_the_model(data, tmp_path, monkeypatch):
-    import if3d.evaluate as evaluate_module
+    import if3d.plots as plots_module
 
     titles = []
-    plot = evaluate_module.plot_confusion_matrix
-    monkeypatch.setattr(evaluate_module, "plot_confusion_matrix",
+    plot = plots_module.plot_confusion_matrix
+    monkeypatch.setattr(plots_module, "plot_confusion_matrix",
                         lambda *a, **k: (titles.append(k["title"]), plot(*a, **k))[1])
     torch.manual_seed(0)
     model = TinyFusion(num_classes=7).eval()
