@@ -7,6 +7,8 @@ loading the models and writing files are not timed):
 - ``faces``: face detection and scores, 478 landmarks, head pose, geometric AUs (no checkpoint);
 - ``photo_model``: the same plus a DDAMFN-size photo-only expression model (``ddamfn``, 7 classes, random
   weights: the speed does not depend on them), crops batched (``--batch-size``);
+- ``default_model``: the same with the expression model that ships with the toolkit (``default``: DDAMFN on
+  MobileNetV2 with horizontal-flip averaging, so two forward passes per face, docs/MODEL_CARD.md);
 - ``fusion_model``: the same plus a fusion model (``--fusion``, default ``if3d_linear``) whose render is made on
   the fly for every face (MediaPipe render backend, moderngl over EGL).
 
@@ -37,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 SHARED = Path(os.environ.get("IF3D_SHARED", REPO_ROOT.parent / "shared"))
-PIPELINES = ("faces", "photo_model", "fusion_model")
+PIPELINES = ("faces", "photo_model", "default_model", "fusion_model")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -91,8 +93,8 @@ def measure(pipeline: str, args, folder: Path) -> dict:
     from if3d.analyze import Analyzer
     from if3d.analyze.sources import VideoSource
 
-    ckpt = {"faces": None, "photo_model": "ddamfn", "fusion_model": args.fusion}[pipeline]
-    checkpoint = _checkpoint(folder, ckpt) if ckpt else None
+    ckpt = {"faces": None, "photo_model": "ddamfn", "default_model": "default", "fusion_model": args.fusion}[pipeline]
+    checkpoint = ckpt if ckpt in (None, "default") else _checkpoint(folder, ckpt)
     runs, stages = [], []
     with Analyzer(checkpoint=checkpoint, device=args.device, batch_size=args.batch_size,
                   threads=args.threads, amp=args.amp) as analyzer:

@@ -11,7 +11,7 @@ def test_the_analysis_benchmark_smoke_run_reports_every_pipeline(data_dir, tmp_p
     out = tmp_path / "bench.json"
     assert main(["--smoke", "--threads", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [r["pipeline"] for r in report["results"]] == ["faces", "photo_model", "fusion_model"]
+    assert [r["pipeline"] for r in report["results"]] == ["faces", "photo_model", "default_model", "fusion_model"]
     for r in report["results"]:
         assert r["frames"] == 8
         assert r["frames_per_s"]["median"] > 0
