@@ -354,9 +354,14 @@ def task_loader(case: dict) -> dict:
 def train_command(case: dict, out: str | os.PathLike, steps: int) -> list[str]:
     """The training command of an end-to-end case: 2 epochs of exactly ``steps`` batches of the case's
     batch on a seeded ``steps × batch`` subset of the training split, validation on one batch, the case's
-    data path (``--cache auto|off``), workers, device and fast path, and the AdamW of :func:`make_adamw`."""
+    data path (``--cache auto|off``), workers, device and fast path, and the AdamW of :func:`make_adamw`. The
+    model is the one the model-only cases build (``create_model(name)``: MixedFeatureNet, the paper's heads),
+    trained under its paper's preset (``if3d`` or ``ddamfn``)."""
+    import networks
+
     b = int(case["batch"])
-    return [sys.executable, "-m", "if3d.train",
+    paper = networks.model_info(case["model"]).default_preset
+    return [sys.executable, "-m", "if3d.train", *(["--preset", paper] if paper else []),
             "--model", case["model"], "--data", str(case["data"]), "--train-split", case.get("split", "train"),
             "--epochs", "2", "--batch-size", str(b), "--max-train-samples", str(steps * b),
             "--max-val-samples", str(b), "--balanced-sampling", "--skip-missing-renders",

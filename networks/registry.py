@@ -114,8 +114,9 @@ class ModelInfo:
         name: registered name.
         criterion: name of its training criterion in the criteria registry (``networks.criteria``);
             default ``"ce"``, plain cross-entropy on ``output.logits``.
-        default_preset: recipe preset used when the training command names none (``if3d.train``'s
-            presets), or None for the toolkit's default.
+        default_preset: the toolkit preset of its paper (``if3d.train``'s ``if3d`` or ``ddamfn``), or None. A
+            model that declares one takes the presets' model settings (backbone, heads, weights) and trains
+            with the toolkit's default preset unless another is named (``if3d.train.config.default_preset``).
         final_checkpoint: file name of its ``FinalCheckPoints/`` copy (``--final-checkpoint``).
         description: one line for listings.
         recipe: the training recipe of its paper, as the fields of ``if3d.train.config.Recipe`` it sets

@@ -1,4 +1,5 @@
-"""Shared pieces of the training-engine tests: tiny registered models and a generated dataset tree.
+"""Shared pieces of the training-engine tests: tiny registered models, a tiny registered backbone and a
+generated dataset tree.
 
 The tiny models return the real output types (``If3DOutput`` / ``DDAMFNOutput``) with BatchNorm
 (running statistics must survive resumption) and dropout (its randomness must be reseeded per
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from networks.outputs import DDAMFNOutput, If3DOutput
-from networks.registry import list_models, register_model
+from networks.registry import BackboneSpec, list_backbones, list_models, register_backbone, register_model
 
 CLASS_NAMES_7 = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Angry"]
 
@@ -92,6 +93,26 @@ if "tiny_fusion_test" not in list_models():
     @register_model(criterion="ddamfn")
     def tiny_photo_test(**kwargs) -> TinyPhoto:
         return TinyPhoto(**kwargs)
+
+
+#: A registered backbone of one strided convolution, for the real DDAMFN / If3D models at 24 px (no weights).
+TINY_BACKBONE = "tiny_backbone_test"
+
+if TINY_BACKBONE not in list_backbones():
+
+    @register_backbone(TINY_BACKBONE, BackboneSpec(input_size=24, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                                   out_channels=8, feature_size=3, weights="none (random)"))
+    def tiny_backbone_test(**_) -> nn.Module:
+        class Tiny(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = nn.Conv2d(3, 8, 3, stride=8, padding=1)
+                self.bn = nn.BatchNorm2d(8)
+
+            def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+                return F.relu(self.bn(self.conv(x)))  # [B, 8, 3, 3]
+
+        return Tiny()
 
 
 def make_dataset(root: Path, per_class: int = 4, val_per_class: int = 2, size: int = 24,

@@ -117,7 +117,7 @@ def test_a_calibration_split_is_carved_from_train_stratified_and_never_from_publ
     assert not names["train"] & names["calib"]
     assert all(n.startswith("Training_") for n in names["calib"])
     assert "calibration split 'calib'" in a["split_note"]
-    b = convert("fer2013-folders", data_dir / "fer2013", tmp_path / "b", calibration_fraction=0.05, verbose=False)
+    convert("fer2013-folders", data_dir / "fer2013", tmp_path / "b", calibration_fraction=0.05, verbose=False)
     assert {p.name for p in (tmp_path / "b" / "photos" / "calib").rglob("*.jpg")} == names["calib"]  # seeded
     with pytest.raises(ValueError, match="calibration_fraction"):
         convert("fer2013-folders", data_dir / "fer2013", tmp_path / "c", calibration_fraction=1.0, verbose=False)

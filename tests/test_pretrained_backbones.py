@@ -59,8 +59,8 @@ def test_the_training_command_refuses_imagenet_weights_it_cannot_find(tmp_path, 
     from if3d.train.cli import run
 
     data = make_dataset(tmp_path / "d", per_class=1, val_per_class=1, size=112)
-    assert run(["--model", "ddamfn", "--data", str(data), "--pretrained", "imagenet", "--epochs", "1",
-                "--out", str(tmp_path / "run")]) == 2
+    assert run(["--model", "ddamfn", "--backbone", "mixedfeaturenet", "--data", str(data), "--pretrained", "imagenet",
+                "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "no packaged ImageNet weights" in err
     assert "Traceback" not in err

@@ -66,13 +66,14 @@ def test_a_fusion_strategy_registered_in_a_test_file_is_a_model_everywhere():
 
 def test_the_training_command_lists_and_trains_the_new_strategy(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        config_from_args(["--help"])
+        config_from_args(["--model", "if3d_sum_test", "--help"])  # a named model's help lists the registry
     assert info.value.code == 0
-    assert "if3d_sum_test" in capsys.readouterr().out
+    listed = " ".join(capsys.readouterr().out.split()).split("registered models: ", 1)[1].split(";", 1)[0]
+    assert "if3d_sum_test" in listed.split(", ")
     data = make_dataset(tmp_path / "d112", per_class=1, val_per_class=1, size=112)
     out, final = tmp_path / "run", tmp_path / "final"
-    assert run(["--model", "if3d_sum_test", "--data", str(data), "--epochs", "1", "--batch-size", "4",
-                "--num-heads", "2", "--workers", "0", "--out", str(out), "--final-checkpoint", str(final)]) == 0
+    assert run(["--model", "if3d_sum_test", "--preset", "if3d", "--data", str(data), "--epochs", "1", "--batch-size",
+                "4", "--num-heads", "2", "--workers", "0", "--out", str(out), "--final-checkpoint", str(final)]) == 0
     rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
     assert len(rows) == 1
     assert rows[0]["step"] == "1"  # one optimizer step

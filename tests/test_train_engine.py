@@ -233,9 +233,9 @@ def test_pretrained_backbone_is_loaded(spec_dir, tmp_path):
     mfn = spec_dir / "mfn_pickled_module.pth"  # the format of DDAMFN's MFN_msceleb.pth
     data = make_dataset(tmp_path / "d112", per_class=2, val_per_class=1, size=112)
     out = tmp_path / "run"
-    # lr 0: the trained parameters must still be the pretrained ones
-    assert run(["--model", "ddamfn", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--workers", "0",
-                "--out", str(out), "--pretrained", str(mfn), "--scheduler", "none", "--lr", "0"]) == 0
+    # lr 0: the trained parameters must still be the pretrained ones (DDAMFN's setting: MixedFeatureNet)
+    assert run(["--model", "ddamfn", "--preset", "ddamfn", "--data", str(data), "--epochs", "1", "--batch-size", "8",
+                "--workers", "0", "--out", str(out), "--pretrained", str(mfn), "--scheduler", "none", "--lr", "0"]) == 0
     assert "mfn_module" in json.loads((out / "config.json").read_text())["run"]["pretrained_report"]
     reference = create_model("ddamfn", num_classes=7)
     load_weights(reference, mfn)
@@ -244,6 +244,29 @@ def test_pretrained_backbone_is_loaded(spec_dir, tmp_path):
     assert backbone
     for k in backbone:
         assert torch.equal(ck["model"][k], reference.state_dict()[k]), k
+
+
+def test_a_random_start_says_so_once_and_the_run_records_what_it_started_from(data, tmp_path, capsys):
+    from _train_helpers import TINY_BACKBONE
+
+    out = tmp_path / "run"
+    # a backbone without packaged weights: the default preset's ImageNet start does not apply
+    assert run(["--model", "ddamfn", "--backbone", TINY_BACKBONE, "--data", str(data), "--epochs", "2",
+                "--batch-size", "8", "--workers", "0", "--image-size", "24", "--no-compile", "--out", str(out)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "random weights" in line]
+    assert notes == [f"note: ddamfn starts from random weights ({TINY_BACKBONE} has no packaged weights); "
+                     "--pretrained PATH starts from a weight file, --backbone mobilenetv2 --pretrained imagenet "
+                     "from ImageNet"]
+    info = json.loads((out / "config.json").read_text())
+    model, recipe = info["config"]["model"], info["config"]["recipe"]
+    assert (model["backbone"], model["num_heads"], model["pretrained"], recipe["preset"]) == (
+        TINY_BACKBONE, 2, None, "fer_imagenet")
+    assert (info["run"]["backbone"], info["run"]["pretrained_file"]) == (TINY_BACKBONE, None)
+    assert info["run"]["model_kwargs"] == {"num_classes": 7, "num_heads": 2, "backbone": TINY_BACKBONE}
+    best = torch.load(out / "best.pth", weights_only=True)
+    assert (best["config"]["model"]["backbone"], best["config"]["recipe"]["preset"]) == (TINY_BACKBONE, "fer_imagenet")
+    assert run(["--resume", str(out), "--epochs", "3"]) == 0  # a resumed run starts from its checkpoint
+    assert "random weights" not in capsys.readouterr().out
 
 
 def test_cache_gives_the_same_training_and_stale_caches_are_refused(tmp_path, capsys):

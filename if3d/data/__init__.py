@@ -15,7 +15,7 @@ converters, the render batch, the data command line) start without loading torch
 
 from __future__ import annotations
 
-import importlib
+from if3d.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "IMAGENET_MEAN": "if3d.data.transforms",
@@ -41,15 +41,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

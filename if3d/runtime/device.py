@@ -3,7 +3,8 @@
 :class:`RuntimeConfig` holds what the user chose (``None``/``"auto"`` = the device's default);
 :func:`resolve_runtime` turns it into concrete settings for the device the process runs on, from one
 table, :data:`FAST_PATH_DEFAULTS`. ``benchmarks/RESULTS.md`` records the measurements behind the
-defaults and the command that reproduces them.
+defaults and the command that reproduces them. torch is imported where a function needs it, so the
+training command line builds its parser (and answers ``--help``) without loading torch.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass, replace
-from typing import Annotated, Literal
-
-import torch
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from if3d.cli_types import Flag, OptionalValue
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "AMP_CHOICES",
@@ -163,6 +165,8 @@ def resolve_amp(amp: str, device_type: str) -> str:
         raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
     if amp == "auto":
         if device_type == "cuda":
+            import torch
+
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_supports_bf16() else "off"
     if amp == "fp16" and device_type != "cuda":
@@ -222,5 +226,7 @@ def autocast_context(device: torch.device, amp: str):
     """``torch.autocast`` for ``amp`` in {"bf16", "fp16"}; a null context for "off"."""
     if amp == "off":
         return contextlib.nullcontext()
+    import torch
+
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)

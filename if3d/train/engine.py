@@ -54,7 +54,13 @@ from if3d.runtime.distributed import (
 from if3d.runtime.loaders import epoch_indices, make_loader
 from if3d.runtime.predict import predict, predict_values, summarize_predictions
 from if3d.runtime.stop import StopRequest
-from if3d.train.config import TrainConfig
+from if3d.train.config import (
+    DEFAULT_PRESET,
+    PRESET_MODELS,
+    TrainConfig,
+    has_packaged_weights,
+    takes_preset_models,
+)
 from if3d.train.meters import EpochMeters
 from if3d.train.rundir import RunDirectory, git_commit, library_versions
 
@@ -67,6 +73,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "fit",
+    "random_start_note",
 ]
 
 
@@ -266,6 +273,23 @@ def papers_attention_setting(model: str, model_kwargs: dict) -> bool:
     return model == "ddamfn" and model_kwargs.get("backbone", "mixedfeaturenet") == "mixedfeaturenet"
 
 
+def random_start_note(model_name: str, model: nn.Module) -> str | None:
+    """The line a run prints when ``model`` (built on a registered backbone) starts from random weights, with
+    the options that start it from trained ones; None for a model without a registered backbone (the 3D-only
+    models, POSTER's own streams), whose starting weights are its own."""
+    backbone = getattr(model, "backbone_name", None)
+    if backbone is None:
+        return None
+    if has_packaged_weights(backbone):
+        return (f"note: {model_name} starts from random weights; --pretrained imagenet starts its {backbone} "
+                "backbone from ImageNet, --pretrained PATH from a weight file")
+    imagenet = PRESET_MODELS[DEFAULT_PRESET]["backbone"]
+    switch = (f", --backbone {imagenet} --pretrained imagenet from ImageNet" if takes_preset_models(model_name)
+              else "")
+    return (f"note: {model_name} starts from random weights ({backbone} has no packaged weights); "
+            f"--pretrained PATH starts from a weight file{switch}")
+
+
 class Trainer:
     """One training run. The constructor prepares everything (each step a method below, in order);
     :meth:`run` trains and validates epoch by epoch and writes the run directory.
@@ -348,6 +372,10 @@ class Trainer:
         if cfg.model.pretrained and self.resume_ckpt is None:
             self.load_report = networks.load_weights(self.model, cfg.model.pretrained)
             self._say(f"pretrained weights: {self.load_report}")
+        elif self.resume_ckpt is None:
+            note = random_start_note(cfg.model.model, self.model)
+            if note:
+                self._say(note)
         self.model.to(info.device)
         if cfg.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -477,6 +505,8 @@ class Trainer:
                 "train_data_report": dataset_report(self.train_dataset),
                 "val_data_report": dataset_report(self.val_dataset),
                 "single_class_training_set": self.single_class,
+                "backbone": getattr(self.model, "backbone_name", None),
+                "pretrained_file": self.load_report.path if self.load_report is not None else None,
                 "pretrained_report": str(self.load_report) if self.load_report is not None else None,
                 "git": git_commit(),
                 "versions": library_versions(),
