@@ -129,9 +129,20 @@ def test_skip_unreadable_counts_the_bad_image_and_rows_frames_without_a_face(dat
     assert info["skipped_files"][0]["file"].endswith("d_broken.jpg")
     assert sorted(p.name for p in (out / "photos" / "annotated").iterdir()) == [
         "Adam_Mair_0001.png", "Billy_Edelin_0001.png", "c_wall.png"]
-    # each face's 3D render: image 0 and 1 have a face (frame numbers are the images' places in the folder)
+    # each face's 3D render: image 0 and 1 have a face (frame numbers are the images' places in the folder); the
+    # photos are of two people, so their faces are two faces (ids 0 and 1), never one track
     renders = sorted(p.name for p in (out / "photos" / "renders").iterdir())
-    assert renders == ["000000_0.png", "000001_0.png"]
+    assert renders == ["000000_0.png", "000001_1.png"]
+    summary = pd.read_csv(out / "summary.csv")
+    faces = summary.dropna(subset=["face_id"])
+    assert faces["face_id"].tolist() == [0, 1]
+    assert faces["path"].tolist() == [str(folder / "Adam_Mair_0001.jpg"), str(folder / "Billy_Edelin_0001.jpg")]
+    assert (faces["frames"] == 1).all()
+    # the shipped expression model ran without being asked for: probabilities, a class and the uncertain flag
+    assert {"prob_Happy", "expression", "uncertain"} <= set(df.columns)
+    has = df["face_detected"]
+    assert np.allclose(df.loc[has, [c for c in df.columns if c.startswith("prob_") and "_smooth" not in c]].sum(axis=1), 1)
+    assert df.loc[has, "uncertain"].isin([True, False]).all()
     render = cv2.imread(str(out / "photos" / "renders" / renders[0]))
     assert 0.2 < (render.max(2) > 0).mean() < 0.9  # a grey face on black
 
@@ -157,6 +168,15 @@ def test_bad_checkpoints_and_videos_are_one_line_errors(data_dir, tmp_path, caps
     assert "--au-checkpoint" in capsys.readouterr().err
     assert run([image, "--out", str(tmp_path / "c"), "--au-checkpoint", str(cats)]) == 2
     assert "no AU intensities" in capsys.readouterr().err
+    nan_path = _checkpoint(tmp_path / "nan.pth", "ddamfn", num_classes=7)
+    nan = torch.load(nan_path, weights_only=True)
+    nan["model"]["fc.weight"][0, 0] = float("nan")
+    torch.save(nan, nan_path)
+    assert run([image, "--out", str(tmp_path / "n"), "--checkpoint", str(nan_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nan.pth" in err
+    assert "non-finite weights: fc.weight" in err
+    assert "Traceback" not in err
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert run([image, "--out", str(tmp_path / "d"), "--checkpoint", str(junk)]) == 2

@@ -92,7 +92,7 @@ def test_neutral_references():
 def test_the_frown_of_the_shared_video_raises_au4(data_dir):
     from if3d.analyze import Analyzer
 
-    with Analyzer(threads=1) as analyzer:
+    with Analyzer(checkpoint=None, threads=1) as analyzer:
         df = analyzer.analyze(data_dir / "video" / "1543684773.avi", landmarks=False)
     assert len(df) == 67
     assert df["face_detected"].all()
@@ -100,5 +100,5 @@ def test_the_frown_of_the_shared_video_raises_au4(data_dir):
     assert df["face_score"].gt(0.5).all()
     assert df["AU04_smooth"].iloc[-20:].mean() > df["AU04_smooth"].iloc[:10].mean() + 0.8
     assert df["time_s"].iloc[30] == pytest.approx(1.0)
-    assert {"prob_Neutral", "valence", "expression"}.isdisjoint(df.columns)  # no checkpoint: no expression
+    assert {"prob_Neutral", "valence", "expression", "uncertain"}.isdisjoint(df.columns)  # checkpoint=None
     assert df["emfacs"].ne("").all()

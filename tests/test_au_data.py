@@ -158,7 +158,7 @@ def test_the_engine_trains_an_au_regressor_that_the_analysis_uses(tmp_path, vide
     assert report.metadata["class_names"][:3] == ["AU1", "AU2", "AU4"]
     ck = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert set(ck["metrics"]["val"]["per_au"]) == set(report.metadata["class_names"])
-    with Analyzer(au_checkpoint=str(tmp_path / "run" / "best.pth"), threads=1) as analyzer:
+    with Analyzer(checkpoint=None, au_checkpoint=str(tmp_path / "run" / "best.pth"), threads=1) as analyzer:
         df = analyzer.analyze(data_dir / "wild" / "uncropped" / "Adam_Mair_0001.jpg", landmarks=False)
     assert df["au_source"].iloc[0].startswith("model best.pth")
     aus = [c for c in df.columns if c.startswith("AU") and not c.endswith(("_smooth", "_R", "_L"))]

@@ -38,6 +38,8 @@ def face_label(row: pd.Series) -> list[str]:
         c = row["expression_smooth"]
         p = row.get(f"prob_{c}_smooth", float("nan"))
         head += f": {c} {p:.2f}" if isinstance(p, float) and math.isfinite(p) else f": {c}"
+        if row.get("uncertain") is True or row.get("uncertain") == 1:
+            head += " (uncertain)"
     lines.append(head)
     emf = row.get("emfacs", "")
     if isinstance(emf, str) and emf:

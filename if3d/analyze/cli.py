@@ -47,16 +47,22 @@ __all__ = ["get_args_parser", "main", "run"]
 
 OUTPUT_KIND = "analysis"
 
+EXIT_STATUS = {0: "done", 2: "bad options, an input that cannot be read (without --skip-unreadable), a checkpoint "
+               "that does not load or fit, or an output that cannot be written (the message names the file; what "
+               "finished before it is kept)",
+               130: "interrupted (the finished inputs are written: run the same command again for the rest)"}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     from if3d.analyze.smoothing import FILTERS
+    from if3d.console import HelpFormatter, command_name, exit_status
 
     p = argparse.ArgumentParser(
-        prog="python -m if3d.analyze",
+        prog=command_name("python -m if3d.analyze"), formatter_class=HelpFormatter,
         description="Analyse your own images, videos or camera: faces, 478 3D landmarks, head pose, action units, "
-                    "expression and valence/arousal (with --checkpoint), EMFACS expressions, smoothed over time; "
-                    "writes results.csv, summary.csv, a timing diagram and an annotated video per video.",
-        epilog="Example: python -m if3d.analyze my_video.mp4 photos/ --out analysis --checkpoint runs/gate/best.pth",
+                    "expression probabilities (the shipped model by default) and valence/arousal where the model has "
+                    "them, EMFACS expressions, smoothed over time; writes results.csv, summary.csv, a timing diagram and an annotated video per video.",
+        epilog="Example: python -m if3d.analyze my_video.mp4 photos/ --out analysis\n\n" + exit_status(EXIT_STATUS),
     )
     p.add_argument("inputs", nargs="*", help="images, folders of images, video files")
     p.add_argument("--webcam", metavar="DEVICE",
@@ -64,8 +70,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="record mode: stop after this many seconds")
     p.add_argument("--max-frames", type=int, help="record mode: stop after this many frames")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--checkpoint", help="expression model (any checkpoint the toolkit trains or loads; without it "
-                   "there are no expression, valence or arousal columns)")
+    p.add_argument("--checkpoint", default="default",
+                   help="expression model: 'default' (the model that ships with the toolkit, docs/MODEL_CARD.md) or "
+                   "any checkpoint the toolkit trains or loads (default: default)")
+    p.add_argument("--no-expression", action="store_true",
+                   help="no expression model: no expression, probability, valence or arousal columns")
+    p.add_argument("--uncertain-below", type=float, default=None,
+                   help="mark a face uncertain (column 'uncertain') when its top class probability is below this "
+                   "(default 0.5: with calibrated probabilities such a face is more likely misclassified than not)")
     p.add_argument("--au-checkpoint", help="AU-intensity model (python -m if3d.train --model au_regressor) instead "
                    "of the geometric AU estimates")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -91,14 +103,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="leave the 1,434 landmark columns x_0 ... z_477 out of the result files")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="count and skip images and inputs that cannot be read instead of stopping")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", dest="no_progress", action="store_true", help=argparse.SUPPRESS)  # earlier name
     return p
 
 
 def _config(args):
     from if3d.analyze.pipeline import AnalyzerConfig
 
-    return AnalyzerConfig(checkpoint=args.checkpoint, au_checkpoint=args.au_checkpoint, device=args.device,
+    extra = {} if args.uncertain_below is None else {"uncertain_below": args.uncertain_below}
+    return AnalyzerConfig(checkpoint=None if args.no_expression else args.checkpoint, **extra,
+                          au_checkpoint=args.au_checkpoint, device=args.device,
                           amp=args.amp, max_faces=args.max_faces, detector=args.detector,
                           min_detection_confidence=args.min_detection_confidence, batch_size=args.batch_size,
                           smoothing=args.smoothing, smooth_window_s=args.smooth_window, au_neutral=args.au_neutral,
@@ -146,8 +161,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     missing = [i for i in args.inputs if not Path(i).exists()]
     if missing and not args.skip_unreadable:
         bad += [f"{m}: no such file or folder" for m in missing]
-    for ckpt in (args.checkpoint, args.au_checkpoint):
-        if ckpt and not Path(ckpt).is_file():
+    for ckpt in (cfg.checkpoint, cfg.au_checkpoint):
+        if ckpt and ckpt != "default" and not Path(ckpt).is_file():
             bad.append(f"{ckpt}: no such checkpoint file")
     if bad:
         print(f"error: {'; '.join(bad)}", file=sys.stderr)
@@ -183,7 +198,7 @@ def _run(args, cfg, inputs: list[str], missing: list[str], stop: StopRequest) ->
         print(f"error: {e}", file=sys.stderr)
         return 2
     if analyzer.expression is None:
-        print("no --checkpoint: the results have no expression, valence or arousal columns (AUs, EMFACS, pose and "
+        print("--no-expression: the results have no expression, valence or arousal columns (AUs, EMFACS, pose and "
               "landmarks only)", flush=True)
     jobs = [(i, n) for i, n in zip(inputs, _names(inputs))]
     if args.webcam is not None:
@@ -282,8 +297,11 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
     settings.pop("threads")
     stamp = None
     if given is not None:
-        models = {k: _fingerprint(Path(v)) for k, v in (("checkpoint", analyzer.config.checkpoint),
-                                                         ("au_checkpoint", analyzer.config.au_checkpoint)) if v}
+        from networks.inference import resolve_checkpoint
+
+        models = {k: _fingerprint(resolve_checkpoint(v)) for k, v in (("checkpoint", analyzer.config.checkpoint),
+                                                                      ("au_checkpoint", analyzer.config.au_checkpoint))
+                  if v}
         stamp = {"input": str(Path(given).resolve()), **_fingerprint(Path(given)), "settings": settings,
                  "models": models}
         prev = folder / "input.json"
@@ -309,7 +327,7 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
     label = given if given is not None else f"webcam {args.webcam}"
     try:
         result = analyzer.run(source, given if given is not None else str(folder / "recording.mp4"),
-                              spill_dir=folder, progress=not args.quiet, should_stop=lambda: stop.requested)
+                              spill_dir=folder, progress=not args.no_progress, should_stop=lambda: stop.requested)
     except AnalysisInterrupted:
         return None
     except InputError as e:
@@ -337,7 +355,7 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
                 if video:
                     n = write_annotated_video(folder / "annotated.mp4", source.path, result,
                                               title=f"{Path(label).name}, face {result.main_face()}",
-                                              progress=not args.quiet, renderer=renderer, render_dir=render_dir)
+                                              progress=not args.no_progress, renderer=renderer, render_dir=render_dir)
                     if n != result.frames:
                         result.notes.append(f"{label}: the annotated video has {n} frames, the analysis "
                                             f"{result.frames} (the file decoded differently the second time)")

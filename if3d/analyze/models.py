@@ -56,8 +56,13 @@ def resolve_device(device: str) -> torch.device:
 
 def _load(path: str | os.PathLike, what: str):
     import networks
+    from networks.inference import resolve_checkpoint
     from networks.weights import CheckpointFormatError, UnsafePickleError, WeightLoadError
 
+    try:
+        path = resolve_checkpoint(path)  # "default": the shipped expression model
+    except FileNotFoundError as e:
+        raise ModelLoadError(str(e)) from None
     if not os.path.isfile(path):
         raise ModelLoadError(f"{path}: no such {what} checkpoint file")
     try:

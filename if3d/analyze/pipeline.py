@@ -18,13 +18,17 @@ Columns (``COLUMNS`` and the functions below give the exact names):
 ``frame``, ``time_s``          0-based frame (image) number; ``frame / fps`` in seconds (0 for images)
 ``face_detected``              False on the one row of a frame without a face (the other columns empty)
 ``face_id``                    identity kept across the frames of a video by IoU tracking; in an image, the
-                               face's rank by box area (0 = largest)
+                               face's rank by box area (0 = largest); in a folder of images every image's faces
+                               are new faces (numbered on from the previous image's), never one track
 ``face_x0 … face_y1``          box of the 468 mesh landmarks, pixels; ``face_score`` BlazeFace confidence
 ``pitch``, ``yaw``, ``roll``   head pose, degrees (:func:`if3d.render.mediapipe_backend.head_pose`)
 ``AU01`` … ``AU43``            AU intensity, 0–5; ``au_source`` says whether geometric or from an AU model;
                                ``AU12_R``/``AU12_L`` unilateral lip corner raise (geometric)
 ``ear``                        eye aspect ratio (Soukupová & Čech 2016)
-``prob_<class>``, ``expression``  class probabilities and the predicted class (``--checkpoint`` only)
+``prob_<class>``, ``expression``  class probabilities and the predicted class (of the expression model: the
+                               shipped default unless another ``checkpoint`` is given or none is asked for)
+``uncertain``                  True when the top class probability is below ``uncertain_below`` (default
+                               :data:`UNCERTAIN_BELOW`): the predicted class is then more likely wrong than right
 ``valence``, ``arousal``       the model's valence/arousal, [−1, 1] nominal (models with VA outputs only)
 ``<signal>_smooth``            each AU, probability, valence, arousal and pose angle smoothed over time
                                (:mod:`if3d.analyze.smoothing`); ``expression_smooth`` the class of the smoothed
@@ -34,7 +38,7 @@ Columns (``COLUMNS`` and the functions below give the exact names):
 ``x_0 … z_477``                the 478 landmarks (x, y frame pixels; z MediaPipe's depth in the same scale)
 =============================  ==================================================================================
 
-Without an expression checkpoint the expression and valence/arousal columns are absent.
+With ``checkpoint=None`` (``--no-expression``) the expression, uncertainty and valence/arousal columns are absent.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ __all__ = ["AnalysisInterrupted", "AnalysisResult", "Analyzer", "AnalyzerConfig"
 NEUTRAL_CHOICES = ("auto", *au_geometry.NEUTRAL_MODES)
 #: a face track shorter than this (frames) has no neutral of its own: ``auto`` uses the population reference
 MIN_TRACK_FOR_NEUTRAL = 30
+#: a face whose top class probability is below this is marked ``uncertain``: with calibrated probabilities
+#: (the shipped model's temperature, docs/MODEL_CARD.md) its predicted class is more likely wrong than right
+UNCERTAIN_BELOW = 0.5
 
 
 class AnalysisInterrupted(RuntimeError):
@@ -85,7 +92,9 @@ class AnalyzerConfig:
     """Settings of an analysis (the command line's options).
 
     Attributes:
-        checkpoint: expression model checkpoint (None: no expression, valence or arousal columns).
+        checkpoint: expression model checkpoint; ``"default"`` (the default) is the model that ships with the
+            toolkit (``docs/MODEL_CARD.md``); None: no expression, valence or arousal columns.
+        uncertain_below: top class probability below which a face is marked ``uncertain``, in [0, 1].
         au_checkpoint: AU-intensity model checkpoint (None: geometric AU estimates).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: autocast of the models (``off``, ``bf16``, ``fp16``; None: the device's default).
@@ -104,7 +113,8 @@ class AnalyzerConfig:
             shared with other jobs 1 is often faster than more (``benchmarks/RESULTS.md``).
     """
 
-    checkpoint: str | None = None
+    checkpoint: str | None = "default"
+    uncertain_below: float = UNCERTAIN_BELOW
     au_checkpoint: str | None = None
     device: str = "auto"
     amp: str | None = None
@@ -138,6 +148,8 @@ class AnalyzerConfig:
             out.append(f"--min-detection-confidence must be in [0, 1], got {self.min_detection_confidence}")
         if self.detector not in ("short", "full"):
             out.append(f"--detector must be short or full, got {self.detector!r}")
+        if not (np.isfinite(self.uncertain_below) and 0.0 <= self.uncertain_below <= 1.0):
+            out.append(f"--uncertain-below must be in [0, 1], got {self.uncertain_below}")
         if self.threads is not None and self.threads < 1:
             out.append(f"--threads must be >= 1, got {self.threads}")
         return out
@@ -383,6 +395,7 @@ class _Accumulator:
         self.rows: list[dict] = []
         self.features: list[np.ndarray] = []  # per face row
         self.face_rows: list[int] = []
+        self.next_face_id = 0  # images: every face of every image is a face of its own
         self.pending: list[tuple[int, dict]] = []
         self.outputs: dict[str, dict[int, np.ndarray]] = {}
         self.frames = 0
@@ -404,7 +417,11 @@ class _Accumulator:
             self.timings["faces"] += time.perf_counter() - t0
             return
         boxes = np.stack([f.box for f in faces])
-        ids = self.tracker.update(boxes) if self.tracker is not None else list(range(len(faces)))
+        if self.tracker is not None:
+            ids = self.tracker.update(boxes)
+        else:
+            ids = list(range(self.next_face_id, self.next_face_id + len(faces)))
+            self.next_face_id += len(faces)
         for face, fid in zip(faces, ids):
             pose = head_pose(face.landmarks)
             pitch, yaw, roll = (float(v) for v in pose["euler_deg"])
@@ -501,6 +518,8 @@ class _Accumulator:
                 smoothed[f"prob_{c}"] = ps[:, j]
             cols["expression"] = np.array([class_names[i] for i in p.argmax(1)], dtype=object) if len(p) \
                 else np.zeros(0, dtype=object)
+            cols["uncertain"] = np.array([bool(v) for v in p.max(1) < cfg.uncertain_below], dtype=object) \
+                if len(p) else np.zeros(0, dtype=object)
             cols["expression_smooth"] = np.array([class_names[i] for i in ps.argmax(1)], dtype=object) \
                 if len(ps) else np.zeros(0, dtype=object)
         for k in smooth_keys:
@@ -583,7 +602,7 @@ class _Accumulator:
 def _ordered_columns(columns: Iterable[str], class_names: list[str], aus: list[str]) -> list[str]:
     head = ["input", "path", "frame", "time_s", "face_detected", "face_id", "face_x0", "face_y0", "face_x1", "face_y1",
             "face_score", "pitch", "yaw", "roll"]
-    expr = [*(f"prob_{c}" for c in class_names), "expression", "valence", "arousal"]
+    expr = [*(f"prob_{c}" for c in class_names), "expression", "uncertain", "valence", "arousal"]
     au = [*aus, "au_source", "ear"]
     smooth = [*(f"prob_{c}_smooth" for c in class_names), "expression_smooth", "valence_smooth", "arousal_smooth",
               *(f"{a}_smooth" for a in aus), "pitch_smooth", "yaw_smooth", "roll_smooth"]

@@ -12,7 +12,10 @@ are written in chunks of rows, so a long video's landmarks never have to be in m
                                   (empty for images)
 ``expression``                    the model's dominant class over the face's frames (of the smoothed
                                   probabilities), and ``share_<class>`` the fraction of the face's frames in
-                                  each class (with ``--checkpoint``)
+                                  each class (with an expression model)
+``uncertain_share``               the fraction of the face's frames marked ``uncertain``
+``path``                          for a face of an image in a folder: the image (each image's faces are faces of
+                                  their own)
 ``valence_mean``, ``arousal_mean``  means over the face's frames (models with VA outputs)
 ``emfacs``                        the dominant EMFACS expression, and ``emfacs_share_<label>`` the fraction of
                                   frames per EMFACS label
@@ -49,6 +52,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
             df[c] = df[c].where(df[c].notna(), "").astype(str)
         elif c == "face_detected":
             df[c] = df[c].astype(bool)
+        elif c == "uncertain":  # empty on rows without a face
+            df[c] = df[c].astype("boolean")
         elif c in ("face_id", "frame"):
             df[c] = df[c].astype("Int64")
         else:
@@ -160,11 +165,16 @@ def summarize(table: pd.DataFrame, fps: float, class_names: Sequence[str]) -> pd
     for fid, g in faces.groupby("face_id", sort=True):
         row: dict = {"input": name, "face_id": int(fid), "frames": int(g["frame"].nunique()), "frames_total": total,
                      "seconds": g["frame"].nunique() / fps if fps > 0 else np.nan}
+        paths = g["path"].dropna().unique() if "path" in g else []
+        if len(paths) == 1 and str(paths[0]) != name:  # a face of one image of a folder: which image
+            row["path"] = str(paths[0])
         if class_names and "expression_smooth" in g:
             counts = g["expression_smooth"].value_counts(normalize=True)
             row["expression"] = str(counts.idxmax()) if len(counts) else ""
             for c in class_names:
                 row[f"share_{c}"] = float(counts.get(c, 0.0))
+        if "uncertain" in g:
+            row["uncertain_share"] = float(g["uncertain"].astype(bool).mean())
         for k in ("valence", "arousal"):
             if k in g and g[k].notna().any():
                 row[f"{k}_mean"] = float(g[k].mean())
