@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from if3d.atomic import atomic_write_text
+from if3d.console import HelpFormatter, command_name, exit_status
 
 __all__ = ["DEFAULT_MODELS", "FACE3D_ONLY", "main"]
 
@@ -55,22 +56,25 @@ DEFAULT_MODELS = ("landmark_mlp", "landmark_graph", "voxel_cnn", "distance_cnn",
 #: 3DFER's reported FER2013 figures (accuracy), cited beside ours.
 REPORTED_3DFER = (("3DFER, best 2D models (reported)", "> 67 %"), ("3DFER, 3D representations (reported)", "< 57 %"))
 
+EXIT_STATUS = {0: "every model finished", 1: "some models failed (each is named)", 2: "bad options or data",
+               130: "interrupted (the same command continues: the model in progress resumes from its last.pth)"}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m if3d.compare3d", allow_abbrev=False,
+        prog=command_name("python -m if3d.compare3d"), allow_abbrev=False, formatter_class=HelpFormatter,
         description="2D vs 3D: each 3D face representation alone, the photo, the render and the fusion models on one "
                     "dataset, one protocol; comparison.csv, comparison.md, per_class.png. Unknown options are "
                     "training options of every model.",
-        epilog="Exit status: 0 every model finished, 1 some failed, 2 bad options or data.")
+        epilog=exit_status(EXIT_STATUS))
     p.add_argument("--data", required=True, metavar="ROOT", help="canonical dataset with renders (and their .npz)")
     p.add_argument("--out", required=True, metavar="DIR", help="comparison folder")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
                    help=f"models to compare (default: {' '.join(DEFAULT_MODELS)}; flame_mlp only with SMIRK renders)")
     p.add_argument("--epochs-3d", type=int, default=100, help="3D-only models: most epochs (default 100)")
-    p.add_argument("--patience-3d", type=int, default=15, help="3D-only models: early-stopping patience (15)")
+    p.add_argument("--patience-3d", type=int, default=15, help="3D-only models: early-stopping patience in epochs")
     p.add_argument("--epochs-2d", type=int, default=10, help="image models: epochs of the budget (default 10)")
-    p.add_argument("--patience-2d", type=int, default=5, help="image models: early-stopping patience (5)")
+    p.add_argument("--patience-2d", type=int, default=5, help="image models: early-stopping patience in epochs")
     p.add_argument("--args-2d", default="", metavar="OPTIONS",
                    help="more training options of the image models, quoted (e.g. \"--pretrained "
                         "pretrained/MFN_msceleb.pth --batch-size 64\")")

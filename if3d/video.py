@@ -27,13 +27,17 @@ import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from if3d.atomic import atomic_write_json, atomic_write_text
+from if3d.console import HelpFormatter, command_name, exit_status
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["clip_attention", "convert_emotion_fan_checkpoint", "main", "predict_videos", "write_attention"]
+
+EXIT_STATUS = {0: "done", 2: "bad options, input or checkpoint (the message names it)", 130: "interrupted"}
 
 
 def _load(checkpoint: str, device: str):
@@ -52,7 +56,6 @@ def _load(checkpoint: str, device: str):
     return model.to(info.device).eval(), names, info, runtime
 
 
-@torch.no_grad()
 def clip_attention(model: torch.nn.Module, batch: dict, prepare) -> list[dict[str, Any]]:
     """Run a video model on a collated clip batch and return, per clip, its frame weights and prediction.
 
@@ -65,8 +68,11 @@ def clip_attention(model: torch.nn.Module, batch: dict, prepare) -> list[dict[st
         per clip: ``self`` [T] α_i, ``relation`` [T] β_i or None, ``final`` [T] normalised aggregation weights,
         ``self_normalised`` [T] α_i/Σα, ``probabilities`` [C], ``prediction`` (class index); T = its real frames.
     """
-    inputs, _ = prepare(batch, train=False)
-    out = model(*inputs)
+    import torch
+
+    with torch.no_grad():
+        inputs, _ = prepare(batch, train=False)
+        out = model(*inputs)
     probs = out.logits.float().softmax(-1).cpu().numpy()
     mask = out.frame_mask.cpu().numpy()
     alpha = out.self_weights.float().cpu().numpy()
@@ -164,6 +170,7 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, fps: float | None 
         ValueError: not a video model, a model that needs renders, or a video without any face.
         if3d.data.report.DataError: a video that cannot be decoded.
     """
+    import torch
     from torchvision.transforms.v2 import functional as TF
 
     from if3d.data.converters.align import align_face, detect_landmarks
@@ -238,29 +245,33 @@ def convert_emotion_fan_checkpoint(src: str, out: str, *, attention: str = "rela
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m if3d.video", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = {"formatter_class": HelpFormatter, "epilog": exit_status(EXIT_STATUS)}
+    p = argparse.ArgumentParser(prog=command_name("python -m if3d.video"), description=__doc__.split("\n\n")[0],
+                                **common)
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("attention", help="frame attention plots of chosen clips of a video dataset")
-    a.add_argument("--checkpoint", required=True)
+    checkpoint = "a video model checkpoint (fan_self, fan_relation, fan_baseline; ours or made by convert-checkpoint)"
+    image_size = "side of the model's input frames in pixels"
+    device = "auto, cpu, cuda or cuda:N"
+    a = sub.add_parser("attention", help="frame attention plots of chosen clips of a video dataset", **common)
+    a.add_argument("--checkpoint", required=True, help=checkpoint)
     a.add_argument("--data", required=True, help="video dataset root (clips/<split>/...)")
     a.add_argument("--split", help="split (default: test, else val)")
     a.add_argument("--clip", action="append", required=True,
                    help="clip folder name, or <label>/<clip> (repeat; 'all' for every clip)")
     a.add_argument("--out", help="output folder (default attention/<data>_<split>)")
-    a.add_argument("--image-size", type=int, default=112)
-    a.add_argument("--skip-missing-renders", action="store_true")
-    a.add_argument("--device", default="auto")
+    a.add_argument("--image-size", type=int, default=112, help=image_size)
+    a.add_argument("--skip-missing-renders", action="store_true", help="leave out (and count) frames without a render")
+    a.add_argument("--device", default="auto", help=device)
     a.set_defaults(func=_attention)
-    v = sub.add_parser("predict", help="the expression of your own videos")
-    v.add_argument("--checkpoint", required=True)
+    v = sub.add_parser("predict", help="the expression of your own videos", **common)
+    v.add_argument("--checkpoint", required=True, help=checkpoint)
     v.add_argument("--video", action="append", required=True, help="video file (repeat for several)")
     v.add_argument("--fps", type=float, help="frames kept per second (default: every frame)")
     v.add_argument("--out", help="output folder (default predictions/)")
-    v.add_argument("--image-size", type=int, default=112)
-    v.add_argument("--device", default="auto")
+    v.add_argument("--image-size", type=int, default=112, help=image_size)
+    v.add_argument("--device", default="auto", help=device)
     v.set_defaults(func=_predict)
-    c = sub.add_parser("convert-checkpoint", help="a trained Emotion-FAN checkpoint as one of ours")
+    c = sub.add_parser("convert-checkpoint", help="a trained Emotion-FAN checkpoint as one of ours", **common)
     c.add_argument("--emotion-fan", required=True, help="Emotion-FAN's checkpoint file")
     c.add_argument("--attention", choices=("self", "relation"), required=True, help="at_type 0 (self) or 1 (relation)")
     c.add_argument("--classes", choices=("afew", "ckplus"), required=True, help="the file's class order")
@@ -285,7 +296,8 @@ def _convert(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 done, 2 bad options/input/checkpoint, 130 interrupted)."""
+    """Entry point; returns the exit status (:data:`EXIT_STATUS`: 0 done, 2 bad options, input or checkpoint,
+    130 interrupted)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "image_size", 1) < 1:
         print("error: --image-size must be >= 1", file=sys.stderr)

@@ -216,9 +216,10 @@ def test_entry_script_help(repo_root):
     result = subprocess.run([sys.executable, str(repo_root / "Smirk_batch_Render.py"), "--help"],
                             capture_output=True, text=True, cwd=repo_root, timeout=120)
     assert result.returncode == 0
-    for option in ("--input", "--output", "--backend", "--size", "--workers", "--framing", "--overwrite",
-                   "--smirk-checkpoint", "--flame-model", "--smirk-assets"):
+    for option in ("--input", "--out", "--backend", "--size", "--workers", "--framing", "--overwrite",
+                   "--smirk-checkpoint", "--flame-model", "--smirk-assets", "--no-progress"):
         assert option in result.stdout
+    assert "--output" not in result.stdout  # the earlier name of --out still works, unlisted
 
 
 def test_interrupted_run_leaves_no_partial_outputs_and_resumes(photo_tree, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from if3d.atomic import atomic_write_text
+from if3d.console import HelpFormatter, command_name, exit_status
 from if3d.crossval.protocols import PROTOCOLS, load_split, make_splits, pooled_samples, write_split
 from if3d.crossval.results import plot_runs, summary_markdown, write_results
 from if3d.crossval.runner import DEFAULT_TRAINING, Job, import_modules, run_local, run_ray
@@ -34,13 +35,16 @@ from if3d.crossval.views import build_view
 _OWNED = ("--data", "--model", "--out", "--seed", "--resume", "--train-split", "--val-split", "--train-photos",
           "--val-photos")
 
+EXIT_STATUS = {0: "every run finished", 1: "some runs failed (each is listed; the same command runs them again)",
+               2: "bad options or data"}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m if3d.crossval", allow_abbrev=False,
+        prog=command_name("python -m if3d.crossval"), allow_abbrev=False, formatter_class=HelpFormatter,
         description="Repeated-run benchmark: every model on every dataset over the same seeded splits; "
                     "results.csv, summary.md (mean ± std) and plots. Unknown options are training options.",
-        epilog="Exit status: 0 all runs finished, 1 some runs failed, 2 bad options or data.")
+        epilog=exit_status(EXIT_STATUS))
     p.add_argument("--data", nargs="+", required=True, metavar="ROOT", help="canonical dataset roots")
     p.add_argument("--models", nargs="+", required=True, metavar="NAME", help="registered models")
     p.add_argument("--runs", type=int, default=10, help="runs (folds for the subject protocol; default 10)")

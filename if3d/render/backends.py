@@ -23,8 +23,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-#: Modules of the built-in backends; importing one registers its backend.
-_BUILTIN_MODULES = ("if3d.render.mediapipe_backend", "if3d.render.smirk_backend")
+#: The built-in backends: name → the module whose import registers it.
+_BUILTIN_MODULES = {"mediapipe": "if3d.render.mediapipe_backend", "smirk": "if3d.render.smirk_backend"}
 _BACKENDS: dict[str, Callable[..., RenderBackend]] = {}
 
 FRAMINGS = ("photo", "smirk-crop")
@@ -86,7 +86,7 @@ def register_backend(name: str):
 
 
 def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
+    for module in _BUILTIN_MODULES.values():
         importlib.import_module(module)
 
 
@@ -94,6 +94,12 @@ def list_backends() -> list[str]:
     """Names accepted by :func:`get_backend` (the built-in ``mediapipe`` and ``smirk`` and any registered)."""
     _load_builtins()
     return sorted(_BACKENDS)
+
+
+def backend_names() -> list[str]:
+    """The names :func:`list_backends` gives, without importing the built-in backends (MediaPipe, OpenCV,
+    torch): the render command's ``--backend`` choices, so that its ``--help`` comes back at once."""
+    return sorted({*_BUILTIN_MODULES, *_BACKENDS})
 
 
 def get_backend(name: str, **kwargs) -> RenderBackend:

@@ -2,8 +2,8 @@
 
 Example::
 
-    python Smirk_batch_Render.py --input Dataset/photos --output Dataset/renders --backend mediapipe
-    python Smirk_batch_Render.py --input Dataset/photos --output Dataset/renders --backend smirk \\
+    python Smirk_batch_Render.py --input Dataset/photos --out Dataset/renders --backend mediapipe
+    if3d-render --input Dataset/photos --out Dataset/renders --backend smirk \\
         --smirk-checkpoint pretrained/SMIRK_em1.pt --flame-model pretrained/FLAME2020/generic_model.pkl \\
         --smirk-assets ../shared/assets/smirk
 """
@@ -15,23 +15,31 @@ import os
 import pickle
 import sys
 
-from if3d.render.backends import FRAMINGS, list_backends
+from if3d.console import HelpFormatter, command_name, exit_status
+from if3d.render.backends import FRAMINGS, backend_names
 
 _SMIRK_OPTIONS = {"smirk_checkpoint": "checkpoint", "flame_model": "flame_model", "smirk_assets": "assets_dir",
                   "device": "device"}
 
+EXIT_STATUS = {0: "done", 2: "bad options or setup (an output folder that is refused or cannot be written, an "
+               "unreadable manifest, a missing backend file: the message names the file)",
+               130: "interrupted (the finished items are kept: run the same command again to resume)"}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="Smirk_batch_Render.py",
+        prog=command_name("Smirk_batch_Render.py"), formatter_class=HelpFormatter,
         description="Render the reconstructed 3D face of every photo under --input into a mirrored tree under "
-        "--output (<stem>.png render, <stem>.npz parameters, manifest.csv). Resumable.",
+        "--out (<stem>.png render, <stem>.npz parameters, manifest.csv). Resumable.",
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("--input", required=True, help="folder of photos (every file under it is an input)")
-    p.add_argument("--output", required=True,
-                   help="folder for renders, parameter files and manifest.csv: new, empty, or an earlier output "
-                   "of this command")
-    p.add_argument("--backend", choices=list_backends(), default="mediapipe",
+    # --output, the option's earlier name, still works (hidden); a required group lets either one satisfy it
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="folder for renders, parameter files and manifest.csv: new, empty, or an earlier "
+                     "output of this command")
+    out.add_argument("--output", dest="out", help=argparse.SUPPRESS)
+    p.add_argument("--backend", choices=backend_names(), default="mediapipe",
                    help="3D backend: mediapipe (offline, default) or smirk (needs the SMIRK checkpoint and FLAME)")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (default 224)")
     p.add_argument("--workers", type=int, default=None,
@@ -51,11 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the batch render; returns the process exit code: 0 done, 2 bad arguments or setup (an output
-    folder that is refused or cannot be written, an unreadable manifest, a missing backend file; one
-    line naming the file on stderr), 130 interrupted."""
-    from if3d.render.batch import render_tree
-
+    """Run the batch render; returns the process exit code (:data:`EXIT_STATUS`: 0 done, 2 bad arguments or
+    setup, one line naming the file on stderr, 130 interrupted)."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
     backend_kwargs = {key: getattr(args, opt) for opt, key in _SMIRK_OPTIONS.items() if getattr(args, opt) is not None}
@@ -67,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if args.backend == "mediapipe" else 1
+    from if3d.render.batch import render_tree  # loads OpenCV: not needed for --help or bad options
+
     try:
         summary = render_tree(
-            args.input, args.output, backend=args.backend, size=args.size, workers=workers,
+            args.input, args.out, backend=args.backend, size=args.size, workers=workers,
             framing=args.framing, overwrite=args.overwrite, backend_kwargs=backend_kwargs,
             progress=not args.no_progress,
         )
@@ -78,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         # UnpicklingError: a weight file refused by the allow-list loaders (names the global).
         if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
             exc = f"{exc.filename}: {exc.strerror}"
-        print(f"Smirk_batch_Render.py: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"Smirk_batch_Render.py: interrupted; finished items are recorded in {args.output}/manifest.csv, "
+        print(f"{parser.prog}: interrupted; finished items are recorded in {args.out}/manifest.csv, "
               "run the same command again to resume", file=sys.stderr)
         return 130
     print(summary)

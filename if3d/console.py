@@ -1,0 +1,61 @@
+"""What the toolkit's commands share: their help conventions, and the entry point of ``if3d-train``.
+
+Each command runs as a console script (``pip install -e .`` puts them on PATH) and in its older form, with
+the same options and exit statuses: ``if3d-test`` (``affectnet_fusion_test.py``, :mod:`if3d.evaluate`),
+``if3d-render`` (``Smirk_batch_Render.py``, :mod:`if3d.render.cli`), ``if3d-analyze``, ``if3d-crossval``,
+``if3d-video``, ``if3d-compare3d``, ``if3d-train`` and ``if3d-convert`` (``python -m if3d.analyze``,
+``if3d.crossval``, ``if3d.video``, ``if3d.compare3d``, ``if3d.train``, ``if3d.data``).
+
+``--help`` only builds the parser: the command modules import torch, OpenCV, MediaPipe, matplotlib and
+pandas inside the functions that do the work, so help comes back at once. The options speak one vocabulary:
+``--out`` is where a command writes, ``--image-size`` the side of the model's input images, ``--threads`` the
+CPU threads of a model, ``--no-progress`` turns the progress bars off. Their parsers show each option's default
+(:class:`HelpFormatter`) and end the help with the command's exit statuses (:func:`exit_status`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+
+__all__ = ["HelpFormatter", "command_name", "exit_status", "train"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with each option's default, and the paragraphs of the description and epilog kept apart.
+
+    The default is added unless the help already says it, or there is none worth showing (no value, an
+    empty one, or an off flag).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text, default = action.help or "", action.default
+        if (not text or "default" in text.lower() or default is None or default is False
+                or default is argparse.SUPPRESS or (isinstance(default, (str, list, tuple)) and not default)):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n\n".join(fill(paragraph, width, indent) for paragraph in text.split("\n\n"))
+
+
+def command_name(default: str) -> str:
+    """The command's name in usage and error lines: the console script's when run as one (``if3d-…``),
+    else ``default`` (``python -m if3d.analyze``, ``Smirk_batch_Render.py``)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("if3d-") else default
+
+
+def exit_status(statuses: Mapping[int, str]) -> str:
+    """The help's last paragraph: ``exit status: 0 done; 2 bad options …; 130 interrupted``."""
+    return "exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in statuses.items())
+
+
+def train() -> None:
+    """Entry point of ``if3d-train``: ``python -m if3d.train`` (default model ``ddamfn``); exits with its status."""
+    from if3d.train.cli import main
+
+    main(default_model="ddamfn")
