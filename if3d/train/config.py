@@ -30,7 +30,7 @@ Recipes (facts from the original training scripts):
   ``ExponentialLR(gamma=0.6)`` stepped once per epoch, batch 256, class-balanced sampling,
   40 epochs.
 - ``fer_imagenet`` — ours, for an ImageNet backbone (``--backbone mobilenetv2 --pretrained imagenet``)
-  on a CPU budget, measured on FER2013 (README, "End to end on real faces"): AdamW, lr 1e-3 for every
+  on a CPU budget, measured on FER2013 (docs/RESULTS.md, "FER2013: the photo-only baseline against the four fusions"): AdamW, lr 1e-3 for every
   part (a 10× lower backbone rate lost 8 points after one epoch), weight decay 0.01, 20 warm-up steps
   then cosine to 0 per step, batch 32, plain shuffling (class-balanced sampling with replacement lost 9
   points; cap the classes of the training subset instead), label smoothing 0.1, the ``light``

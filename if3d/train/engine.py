@@ -257,7 +257,7 @@ def fit(cfg: TrainConfig, *, train_dataset: Dataset | None = None, val_dataset: 
 IMPROVED_ATTENTION_WEIGHT = 0.01
 """Default weight of the DDA attention loss outside the papers' settings (see :func:`papers_attention_setting`).
 
-Measured on FER2013 from an ImageNet MobileNetV2 start (README, "Pretrained backbones"): the two DDA
+Measured on FER2013 from an ImageNet MobileNetV2 start (docs/RESULTS.md, "Choosing the ImageNet backbone"): the two DDA
 heads begin nearly identical, so DDAMFN's term (pairs / Σ MSE ≈ 120 at the start) weighted 0.1 was
 72–85 % of the loss over the first epoch and cost 3 points of accuracy; weighted 0.01 it was 25–37 %
 and cost nothing measurable. From random weights it was 88 % (fusions on FER2013, 5 epochs)."""
