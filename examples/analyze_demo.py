@@ -2,12 +2,12 @@
 
 Run from the repository root::
 
-    python examples/analyze_demo.py                                  # AUs, pose, EMFACS (no expression model)
-    python examples/analyze_demo.py --checkpoint runs/gate/best.pth  # plus expression and valence/arousal
+    python examples/analyze_demo.py                                  # the shipped expression model, AUs, pose, EMFACS
+    python examples/analyze_demo.py --checkpoint runs/gate/best.pth  # another model (valence/arousal where it has them)
 
 It runs the ordinary command (printed first)::
 
-    python -m if3d.analyze ../shared/data/video/1543684773.avi --out runs/analyze_demo [--checkpoint CKPT]
+    python -m if3d.analyze ../shared/data/video/1543684773.avi --out runs/analyze_demo --checkpoint CKPT
 
 and writes ``docs/analyze_timing.png`` (the video's timing diagram, from ``<out>/<video>/timing.png``) and
 ``docs/analyze_frame.png`` (frame ``--frame`` of ``<out>/<video>/annotated.mp4``), both downscaled to
@@ -33,14 +33,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--video", type=Path, default=SHARED / "data" / "video" / "1543684773.avi")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "analyze_demo")
-    p.add_argument("--checkpoint", help="expression model checkpoint (optional)")
+    p.add_argument("--checkpoint", default="default",
+                   help="expression model checkpoint (default: the model that ships with the toolkit)")
     p.add_argument("--docs", type=Path, default=REPO / "docs")
     p.add_argument("--frame", type=int, default=50, help="frame of the annotated video shown in the README")
     p.add_argument("--width", type=int, default=960, help="width of the README pictures in pixels")
     args = p.parse_args(argv)
-    cmd = [sys.executable, "-m", "if3d.analyze", str(args.video), "--out", str(args.out), "--quiet"]
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
+    cmd = [sys.executable, "-m", "if3d.analyze", str(args.video), "--out", str(args.out), "--no-progress",
+           "--checkpoint", args.checkpoint]
     print("$ " + shlex.join(["python", *cmd[1:]]), flush=True)
     status = subprocess.run(cmd, cwd=REPO).returncode
     if status:

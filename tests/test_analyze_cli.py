@@ -222,3 +222,24 @@ def test_a_fusion_model_gets_renders_aligned_with_its_crops(data_dir, tmp_path):
     assert abs(xs.max() - pts[:, 0].max()) < 3
     assert abs(ys.min() - pts[:, 1].min()) < 3
     assert abs(ys.max() - pts[:, 1].max()) < 3
+
+
+def test_broken_and_looping_links_in_a_folder_are_counted_skips_or_one_line_errors(data_dir, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(data_dir / "wild" / "uncropped" / "Adam_Mair_0001.jpg", folder / "a.jpg")
+    (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "loop.jpg").symlink_to("loop.jpg")
+    out = tmp_path / "out"
+    assert run([str(folder), "--out", str(out), "--no-progress", "--skip-unreadable", "--no-landmark-columns"]) == 0
+    skipped = json.loads((out / "analysis.json").read_text())["inputs"][0]["skipped_files"]
+    assert [(Path(s["file"]).name, s["problem"].split(" (")[0]) for s in skipped] == [
+        ("dangling.jpg", "broken symbolic link"), ("loop.jpg", "symbolic link loop")]
+    assert len(pd.read_csv(out / "results.csv")) == 1
+    capsys.readouterr()
+    # without --skip-unreadable: one line naming the link, status 2, and no empty folder for the failed input
+    assert run([str(folder), "--out", str(tmp_path / "out2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dangling.jpg: broken symbolic link" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out2" / "in").exists()

@@ -128,7 +128,10 @@ def _fingerprint(path: Path) -> dict:
         for root, dirs, names in os.walk(path):
             dirs.sort()
             for n in sorted(names):
-                st = os.stat(os.path.join(root, n))
+                try:
+                    st = os.stat(os.path.join(root, n))
+                except OSError:  # a dangling link or a link loop: the analysis counts it; fingerprint the link
+                    st = os.lstat(os.path.join(root, n))
                 h.update(f"{os.path.relpath(os.path.join(root, n), path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         return {"folder_digest": h.hexdigest()}
     st = path.stat()
@@ -238,6 +241,10 @@ def _run(args, cfg, inputs: list[str], missing: list[str], stop: StopRequest) ->
         return 2
     finally:
         analyzer.close()
+        for _, name in jobs:  # an input that failed or was skipped leaves no empty folder behind
+            folder = out / name
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     # the inputs finished so far, whatever stopped the run
     try:
         if parts:

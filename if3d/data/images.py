@@ -112,6 +112,8 @@ def decode_image(path: str | os.PathLike, *, min_size: int | None = None) -> np.
     except CorruptImageError:
         raise
     except FileNotFoundError as e:
+        if path.is_symlink():
+            raise _fail(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)", e) from None
         raise _fail(path, "file not found", e) from None
     except IsADirectoryError as e:
         raise _fail(path, "is a folder, not an image file", e) from None
