@@ -120,6 +120,23 @@ def test_a_tiny_sweep_writes_its_tables_and_a_killed_sweep_resumes(tmp_path, cap
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/run*/result.json")}
     assert _sweep(root, out) == 0  # a re-run skips finished runs
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/run*/result.json")} == stamp
+    capsys.readouterr()
+    # the folder belongs to its settings: other epochs, runs or protocol are refused in one line, nothing trains
+    for extra, what in ((("--epochs", "3"), "training_options"), (("--runs", "3"), "runs 2 there, 3 here"),
+                        (("--protocol", "shufflesplit"), "protocol 'subject' there, 'shufflesplit' here")):
+        assert _sweep(root, out, *extra) == 2
+        err = capsys.readouterr().err
+        assert what in err
+        assert "another --out" in err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/run*/result.json")} == stamp
+    # a report holds exactly what is asked for
+    assert _sweep(root, out, "--report-only", "--models", "tiny_photo_test") == 0
+    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    assert {(r["model"], r["run"]) for r in rows} == {("tiny_photo_test", "0"), ("tiny_photo_test", "1")}
+    assert _sweep(root, out, "--models", "tiny_photo_test", "tiny_photo_test") == 2
+    assert "more than once" in capsys.readouterr().err
+    assert _sweep(root, tmp_path / "nothing", "--report-only") == 2
+    assert "no sweep to report" in capsys.readouterr().err
 
 
 def test_the_ray_executor_gives_the_same_numbers_as_the_local_one(tmp_path):

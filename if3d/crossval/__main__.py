@@ -12,6 +12,11 @@ Writes ``<out>/splits/<dataset>/<protocol>/run<k>/{train,val,test}.txt`` (and th
 does not know are training options, given to every run after the protocol's defaults
 (``if3d.crossval.runner.DEFAULT_TRAINING``). Re-running the command skips finished runs and resumes
 interrupted ones. Exit status: 0 every run finished, 1 some runs failed (listed), 2 bad options or data.
+
+A sweep folder belongs to one setting: ``<out>/sweep.json`` records the protocol, the number of runs and the
+training options of the sweep that made it, and a command with other settings on the same ``--out`` is
+refused with one line saying what differs (another ``--out`` starts a separate sweep); datasets and models
+may be added. Reports (also ``--report-only``) hold exactly the requested datasets × models × runs.
 """
 
 from __future__ import annotations
@@ -74,6 +79,45 @@ def _fail(message: str) -> int:
     return 2
 
 
+SWEEP_FILE = "sweep.json"
+#: training options that control how a run is carried out, not what it computes
+_RUN_CONTROL = ("--interrupt-after-steps",)
+
+
+def sweep_settings(args: argparse.Namespace, train_args: Sequence[str]) -> dict:
+    """What a sweep's numbers depend on beyond its datasets and models: protocol, runs, training options."""
+    kept, skip = [], False
+    for a in train_args:
+        if skip:
+            skip = False
+            continue
+        if a in _RUN_CONTROL:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in _RUN_CONTROL:
+            continue
+        kept.append(a)
+    return {"protocol": args.protocol, "runs": int(args.runs), "training_options": kept}
+
+
+def check_sweep(out: Path, settings: dict) -> str | None:
+    """None when ``out`` holds no sweep or one with ``settings``; else one sentence saying what differs."""
+    import json
+
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{path}: unreadable sweep settings ({e})"
+    diffs = [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in settings.items() if old.get(k) != v]
+    if not diffs:
+        return None
+    return (f"{out} holds a sweep with other settings ({'; '.join(diffs)}); its runs cannot be reused or "
+            "reported as these: give another --out for a separate sweep, or the same settings")
+
+
 def plan(args: argparse.Namespace, train_args: Sequence[str]) -> list[Job]:
     """Write every run's split and view, and list the jobs (dataset-major, then model, then run).
 
@@ -108,15 +152,24 @@ def plan(args: argparse.Namespace, train_args: Sequence[str]) -> list[Job]:
     return jobs
 
 
-def _collect(out: Path) -> list[dict]:
+def _collect(out: Path, args: argparse.Namespace) -> list[dict]:
+    """The finished runs of the requested datasets × models × runs (nothing else the folder holds)."""
     import json
 
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").glob("*/*/run*/result.json"))]
+    datasets = {Path(r).resolve().name for r in args.data}
+    rows = []
+    for d in sorted(datasets):
+        for m in dict.fromkeys(args.models):
+            for k in range(args.runs):
+                p = out / "runs" / d / m / f"run{k}" / "result.json"
+                if p.is_file():
+                    rows.append(json.loads(p.read_text(encoding="utf-8")))
+    return rows
 
 
 def report(out: Path, args: argparse.Namespace, train_args: Sequence[str], wall_s: float | None = None) -> Path:
     """Write results.csv, summary.md and the plots from every finished run under ``out``."""
-    df = write_results(_collect(out), out / "results.csv")
+    df = write_results(_collect(out, args), out / "results.csv")
     models = sorted(df["model"].unique())
     pairs = [tuple(p) for p in args.compare] or [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
     header = [
@@ -143,10 +196,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{', '.join(owned)}: the sweep sets these itself (use --data ROOT ... and --models)")
     if args.runs < 1:
         return _fail(f"--runs must be >= 1, got {args.runs}")
+    for opt, values in (("--models", args.models), ("--data", [Path(r).resolve() for r in args.data])):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            return _fail(f"{opt} names {', '.join(twice)} more than once")
     out = Path(args.out)
+    settings = sweep_settings(args, train_args)
+    differs = check_sweep(out, settings)
+    if differs:
+        return _fail(differs)
     if args.report_only:
+        if not (out / "runs").is_dir():
+            return _fail(f"{out}: no sweep to report (no {out / 'runs'} folder)")
         print(f"summary: {report(out, args, train_args)}")
         return 0
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / SWEEP_FILE).is_file():
+            from if3d.atomic import atomic_write_json
+
+            atomic_write_json(out / SWEEP_FILE, settings)
+    except OSError as e:
+        return _fail(f"{out}: cannot write the sweep settings ({e})")
     t0 = time.perf_counter()
     try:
         jobs = plan(args, train_args)
