@@ -123,6 +123,9 @@ class LoadReport:
     discarded: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    #: offending keys printed at most; the attributes keep them all
+    MAX_LISTED = 12
+
     @property
     def ok(self) -> bool:
         """True when nothing is missing, unexpected or of the wrong shape."""
@@ -136,13 +139,17 @@ class LoadReport:
             f"{len(self.unexpected)} unexpected, {len(self.shape_mismatch)} wrong shape, "
             f"{len(self.discarded)} discarded by the remap"
         ]
-        for key in self.missing:
-            lines.append(f"  missing:     {key}")
-        for key in self.unexpected:
-            lines.append(f"  unexpected:  {key}")
-        for key, got, want in self.shape_mismatch:
-            lines.append(f"  wrong shape: {key}: file {list(got)} vs model {list(want)}")
-        return "\n".join(lines)
+        named = self.metadata.get("model_name") if isinstance(self.metadata, dict) else None
+        if isinstance(named, str) and not self.ok:
+            lines.append(f"  the file holds a {named} model ({self.metadata.get('model_kwargs') or {}}); "
+                         "networks.build_model_from_checkpoint builds the model a checkpoint describes")
+        listed = [*(f"  missing:     {k}" for k in self.missing), *(f"  unexpected:  {k}" for k in self.unexpected),
+                  *(f"  wrong shape: {k}: file {list(g)} vs model {list(w)}" for k, g, w in self.shape_mismatch)]
+        if len(listed) > self.MAX_LISTED:  # another model's file: the first keys and the counts, not 970 lines
+            more = len(listed) - self.MAX_LISTED
+            listed = [*listed[:self.MAX_LISTED], f"  ... and {more} more (LoadReport.missing / .unexpected / "
+                      ".shape_mismatch list them all)"]
+        return "\n".join([*lines, *listed])
 
 
 class WeightLoadError(RuntimeError):

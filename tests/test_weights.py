@@ -284,3 +284,17 @@ def test_non_finite_weights_are_refused_everywhere_naming_the_file_and_the_tenso
     # integer buffers (num_batches_tracked) are not floats and are never checked
     torch.save(_ours(small_state), tmp_path / "ok.pth")
     assert build_model_from_checkpoint(tmp_path / "ok.pth")[1].ok
+
+
+def test_another_models_checkpoint_is_summarised_not_listed_key_by_key(tmp_path, small_state):
+    path = tmp_path / "ddamfn.pth"
+    torch.save(_ours(small_state), path)
+    other = create_model("if3d_linear", num_classes=7)
+    with pytest.raises(WeightLoadError) as info:
+        load_weights(other, path)
+    text = str(info.value)
+    report = info.value.report
+    assert len(report.missing) + len(report.unexpected) + len(report.shape_mismatch) > 100
+    assert len(text.splitlines()) <= 2 + LoadReport.MAX_LISTED + 1
+    assert "the file holds a ddamfn model" in text
+    assert "more (LoadReport.missing" in text
