@@ -189,8 +189,14 @@ def _run_formats(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m if3d.data`` parser (no torch is imported until ``cache`` or ``check`` runs)."""
-    parser = argparse.ArgumentParser(prog="python -m if3d.data", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from if3d.console import command_name, exit_status
+
+    parser = argparse.ArgumentParser(
+        prog=command_name("python -m if3d.data"), description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=exit_status({0: "done", 1: "cache --check found a missing or stale cache",
+                            2: "bad input or options, or a refused or unwritable output (one line naming the file)",
+                            130: "interrupted"}))
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     _add_convert_au(sub)
