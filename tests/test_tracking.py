@@ -102,3 +102,28 @@ def test_tensorboard_stays_the_default_and_a_bad_tracking_uri_is_one_line(data, 
     assert status == 2
     assert "--tracking-uri nosuchscheme://x" in err
     assert "Traceback" not in err
+
+
+def test_an_unwritable_or_misparsed_mlflow_store_is_refused_before_anything_is_written(data, tmp_path, capsys):
+    import time
+
+    from if3d.train.cli import run
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "runs" / "r"
+    t0 = time.perf_counter()
+    status = run(_args(data, out, "--tracker", "mlflow", "--tracking-uri", f"sqlite:///{blocker}/sub/mlflow.db"))
+    err = capsys.readouterr().err
+    assert status == 2
+    assert time.perf_counter() - t0 < 30  # no minutes of retries
+    assert "cannot be created" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # no config.json, no header-only metrics.csv
+    # the default store sits beside --out: a '#' or '?' in that path would put it elsewhere, so it is refused
+    odd = tmp_path / "exp #2?v=1" / "run"
+    assert run(_args(data, odd, "--tracker", "mlflow")) == 2
+    err = capsys.readouterr().err
+    assert "'?' or '#'" in err
+    assert not odd.exists()
+    assert not (tmp_path / "exp ").exists()

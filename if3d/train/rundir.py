@@ -130,6 +130,12 @@ class RunDirectory:
         """
         if not self.is_main:
             return
+        run = dict(run_info.get("config", {}).get("run", {}))
+        if (run.get("tracker") or "tensorboard") == "mlflow":  # refused before anything is written
+            from if3d.train.tracking import check_tracking_store, default_tracking_uri
+
+            check_tracking_store(run.get("tracking_uri") or default_tracking_uri(self.path))
+        fresh = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             removed = remove_stale_temporaries(self.path)
@@ -140,9 +146,19 @@ class RunDirectory:
             self._write_rows(rows)
         except OSError as e:
             raise RunWriteError(f"cannot write the run directory {self.path}: {e}") from e
-        run = dict(run_info.get("config", {}).get("run", {}))
-        self.tracker = make_tracker(run.get("tracker") or "tensorboard", self.path, run_info, step,
-                                    run.get("tracking_uri"))
+        try:
+            self.tracker = make_tracker(run.get("tracker") or "tensorboard", self.path, run_info, step,
+                                        run.get("tracking_uri"))
+        except ValueError:
+            # a run that never started leaves no config.json and header-only metrics.csv behind
+            if fresh:
+                import shutil
+
+                shutil.rmtree(self.path, ignore_errors=True)
+            elif epochs_done == 0 and not self.last.is_file():
+                for name in ("config.json", self.metrics_csv.name):
+                    (self.path / name).unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         """Stop the tracker; called in the engine's ``finally``, so the exception that ends the run, if any, is

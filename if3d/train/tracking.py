@@ -36,7 +36,8 @@ import numpy as np
 
 from if3d.atomic import atomic_write_json
 
-__all__ = ["TRACKERS", "MLflowTracker", "TensorBoardTracker", "Tracker", "default_tracking_uri", "make_tracker"]
+__all__ = ["TRACKERS", "MLflowTracker", "TensorBoardTracker", "Tracker", "check_tracking_store", "default_tracking_uri",
+           "make_tracker"]
 
 #: The choices of ``--tracker``.
 TRACKERS = ("tensorboard", "mlflow")
@@ -90,8 +91,39 @@ class TensorBoardTracker(Tracker):
 
 
 def default_tracking_uri(run_dir: str | os.PathLike) -> str:
-    """``sqlite:///<absolute parent of the run directory>/mlflow.db``: the local store of ``--tracker mlflow``."""
-    return f"sqlite:///{Path(run_dir).resolve().parent / 'mlflow.db'}"
+    """``sqlite:///<absolute parent of the run directory>/mlflow.db``: the local store of ``--tracker mlflow``.
+
+    Raises:
+        ValueError: the folder's path holds ``?`` or ``#``, which a URI would read as the start of a query or
+            fragment (the database would land outside the folder); the message asks for ``--tracking-uri``.
+    """
+    folder = Path(run_dir).resolve().parent
+    if any(c in str(folder) for c in "?#"):
+        raise ValueError(f"{folder}: a '?' or '#' in the path cannot be part of the default MLflow store's URI "
+                         "(sqlite:///<folder>/mlflow.db); give --tracking-uri, or an --out without them")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def check_tracking_store(uri: str) -> None:
+    """Refuse, before anything is written, a local SQLite store that cannot be written (MLflow would retry it
+    for about two minutes before failing). Other URIs are checked when the run starts.
+
+    Raises:
+        ValueError: one line naming the store and the problem.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    if db.exists():
+        if not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
+            raise ValueError(f"--tracking-uri {uri}: the MLflow database {db} cannot be written")
+        return
+    parent = db.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise ValueError(f"--tracking-uri {uri}: the MLflow database {db} cannot be created ({parent} is not a "
+                         "writable folder)")
 
 
 class MLflowTracker(Tracker):
