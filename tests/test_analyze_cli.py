@@ -243,3 +243,18 @@ def test_broken_and_looping_links_in_a_folder_are_counted_skips_or_one_line_erro
     assert "dangling.jpg: broken symbolic link" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out2" / "in").exists()
+
+
+def test_reanalysing_with_other_settings_leaves_no_outputs_of_the_earlier_ones(data_dir, tmp_path):
+    video = data_dir / "video" / "1543684773.avi"
+    out = tmp_path / "out"
+    common = [str(video), "--out", str(out), "--threads", "1", "--no-progress", "--no-landmark-columns"]
+    assert run([*common, "--max-faces", "1", "--save-renders"]) == 0
+    folder = out / "1543684773"
+    assert (folder / "annotated.mp4").is_file()
+    assert (folder / "renders").is_dir()
+    assert run([*common, "--max-faces", "1", "--no-annotate"]) == 0
+    assert not (folder / "annotated.mp4").exists()  # not an annotated video of the earlier settings
+    assert not (folder / "renders").exists()
+    assert (folder / "timing.png").is_file()
+    assert len(pd.read_csv(folder / "results.csv")) == 67

@@ -350,6 +350,7 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
         cols = columns or [c for c in result.table.columns if c != "landmark_row"]
         write_results_csv(folder / "results.csv", result, cols, landmarks=not args.no_landmark_columns)
         video = result.kind in ("video", "webcam")
+        _remove_earlier_outputs(folder)  # what these settings write is written anew; nothing else stays
         if video and result.main_face() is not None:
             save_timing_diagram(folder / "timing.png", result.table, result.main_face(), result.aus,
                                 result.class_names, result.fps, title=f"{Path(label).name}, face {result.main_face()}")
@@ -394,6 +395,23 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
         return folder / "results.csv", summary, info, cols
     finally:
         result.close()
+
+
+#: what an earlier analysis of an input may have written beside its results (files, then folders)
+_EARLIER_OUTPUTS = (("timing.png", "annotated.mp4", "annotated.png"), ("annotated", "renders"))
+
+
+def _remove_earlier_outputs(folder: Path) -> None:
+    """Delete the timing diagram, annotated outputs and renders of an earlier analysis of the same input, so a
+    re-analysis with other settings (``--no-annotate``, without ``--save-renders``) leaves none of them beside
+    its new results."""
+    import shutil
+
+    for name in _EARLIER_OUTPUTS[0]:
+        (folder / name).unlink(missing_ok=True)
+    for name in _EARLIER_OUTPUTS[1]:
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
 
 
 def _remove_stale_videos(folder: Path) -> None:
