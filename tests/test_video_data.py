@@ -321,3 +321,25 @@ def test_clip_augmentation_moves_every_frame_and_render_alike():
                                "label": torch.tensor(1), "valence": torch.tensor(0.0), "arousal": torch.tensor(0.0),
                                "has_va": torch.tensor(False), "index": 0}])
     assert collated["clip"].shape == (1, 2, 3, 32, 32)
+
+
+def test_a_truncated_video_converts_its_decodable_frames_and_is_reported_by_the_analysis_rule(tmp_path, data_dir):
+    video = data_dir / "video" / "1543684773.avi"
+    if not video.is_file():
+        pytest.skip(f"{video} is absent")
+    src = tmp_path / "src"
+    (src / "angry").mkdir(parents=True)
+    data = video.read_bytes()
+    (src / "angry" / "cut.avi").write_bytes(data[: len(data) // 8])  # the header still announces 67 frames
+    problems: list = []
+    n = len(list(read_video_frames(src / "angry" / "cut.avi", problems=problems)))
+    assert 0 < n < 67
+    assert problems == [("truncated_video", str(src / "angry" / "cut.avi"),
+                         f"ended after {n} of the 67 frames its header announces (a truncated or damaged file); "
+                         "the decoded frames were kept")]
+    out = tmp_path / "ds"
+    assert data_main(["convert", "--format", "video", "--src", str(src), "--out", str(out), "--size", "64",
+                      "--val-fraction", "0", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["truncated_video"] == 1
+    assert int(_rows(out)[0]["source_frames"]) == n

@@ -49,6 +49,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "faceless_frame": "video frame in which the MediaPipe landmarker found no face; left out of its clip",
     "faceless_clip": "clip in which no frame has a face; skipped (--skip-faceless-clips) or an error",
     "unreadable_video": "video file that cannot be opened or decoded; skipped",
+    "truncated_video": "video that ends before the frame count its header announces; its decoded frames are kept",
     "unlabelled_clip": "clip without a label (e.g. a CK+ sequence without an emotion file); skipped",
     # AU converters (if3d.data.au)
     "missing_video": "AU labels whose video is missing; skipped (skip_missing) or an error",

@@ -311,13 +311,17 @@ def scan_ckplus_sequences(src: Path, align: str = "detect", **options) -> ClipSc
 # ---------------------------------------------------------------------------------------------------- frames
 
 
-def read_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_video_frames(path: str | os.PathLike, fps: float | None = None,
+                      problems: list | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode a video with OpenCV (FFmpeg backend) and yield ``(frame number, uint8 [H, W, 3] RGB)``.
 
     Args:
         path: the video file.
         fps: keep the first frame at or after every multiple of ``1/fps`` seconds of the video's time
             (frame time = number / the container's frame rate); None keeps every frame.
+        problems: when given, a video that ends before the frame count its header announces (the rule of the
+            analysis' :attr:`if3d.analyze.sources.VideoSource.truncated`) is appended as
+            ``("truncated_video", path, detail)``; its decoded frames are still yielded.
 
     Raises:
         DataError: the file cannot be opened or yields no frame (the message names it).
@@ -329,6 +333,7 @@ def read_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
         if not cap.isOpened():
             raise DataError(f"{path}: cannot open the video (OpenCV/FFmpeg)")
         native = cap.get(cv2.CAP_PROP_FPS)
+        announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         step = None if fps is None else 1.0 / float(fps)
         next_t = 0.0
         n = 0
@@ -345,13 +350,16 @@ def read_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
             n += 1
         if n == 0:
             raise DataError(f"{path}: no frame could be decoded")
+        if problems is not None and 0 < n < announced:
+            problems.append(("truncated_video", str(path), f"ended after {n} of the {announced} frames its header "
+                             "announces (a truncated or damaged file); the decoded frames were kept"))
     finally:
         cap.release()
 
 
 def _source_frames(clip: SourceClip, fps: float | None, report: list) -> Iterator[tuple[int, np.ndarray]]:
     if clip.video is not None:
-        yield from read_video_frames(clip.video, fps)
+        yield from read_video_frames(clip.video, fps, report)
         return
     for i, p in enumerate(clip.frames or []):
         try:
