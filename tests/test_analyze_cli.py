@@ -258,3 +258,16 @@ def test_reanalysing_with_other_settings_leaves_no_outputs_of_the_earlier_ones(d
     assert not (folder / "renders").exists()
     assert (folder / "timing.png").is_file()
     assert len(pd.read_csv(folder / "results.csv")) == 67
+
+
+def test_a_video_inside_a_folder_of_images_is_listed_as_skipped(data_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(data_dir / "wild" / "uncropped" / "Adam_Mair_0001.jpg", folder / "a.jpg")
+    (folder / "clip.avi").symlink_to(data_dir / "video" / "1543684773.avi")
+    out = tmp_path / "out"
+    assert run([str(folder), "--out", str(out), "--no-progress", "--no-landmark-columns", "--no-annotate"]) == 0
+    skipped = json.loads((out / "analysis.json").read_text())["inputs"][0]["skipped_files"]
+    assert [Path(s["file"]).name for s in skipped] == ["clip.avi"]
+    assert "input of its own" in skipped[0]["problem"]
+    assert len(pd.read_csv(out / "results.csv")) == 1

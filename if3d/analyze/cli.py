@@ -384,7 +384,7 @@ def _analyse_one(args, analyzer, given: str | None, name: str, out: Path, stop: 
         for note in result.notes:
             print(f"note: {note}", flush=True)
         if result.skipped:
-            print(f"{label}: {len(result.skipped)} unreadable image(s) skipped (--skip-unreadable), e.g. "
+            print(f"{label}: {len(result.skipped)} file(s) skipped (listed in analysis.json), e.g. "
                   f"{result.skipped[0][0]}: {result.skipped[0][1]}", flush=True)
         print(f"{label}: {result.frames} frame(s), {result.frames_without_face} without a face, "
               f"{fps_rate:.1f} frames/s", flush=True)

@@ -150,7 +150,7 @@ class ImageFolderSource:
 
     Args:
         path: an image file or a folder (searched recursively; hidden files and non-image files are left
-            out, counted in :attr:`ignored`).
+            out, counted in :attr:`ignored`; videos are listed in :attr:`skipped`).
         skip_unreadable: an image that does not decode is counted in :attr:`skipped` (path, problem) and
             left out instead of raising.
 
@@ -176,8 +176,12 @@ class ImageFolderSource:
                 for name in sorted(names):
                     if name.startswith("."):
                         continue
-                    if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                    ext = os.path.splitext(name)[1].lower()
+                    if ext in IMAGE_EXTENSIONS:
                         self.files.append(Path(root) / name)
+                    elif ext in VIDEO_EXTENSIONS:  # listed, never silently dropped
+                        self.skipped.append((str(Path(root) / name), "a video inside a folder of images is not "
+                                             "analysed with them; give it as an input of its own"))
                     else:
                         self.ignored += 1
             self.files.sort(key=lambda p: p.relative_to(self.path).as_posix())
