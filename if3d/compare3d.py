@@ -217,6 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown model(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
+    root = Path(args.data)
+    if not (root / "photos").is_dir():
+        print(f"error: {root}: not a converted dataset (no photos/ folder; python -m if3d.data convert makes one)",
+              file=sys.stderr)
+        return 2
+    if not args.report_only and not (root / "renders").is_dir():
+        print(f"error: {root}: no renders/ folder; the 3D representations are read from the renders: python "
+              f"Smirk_batch_Render.py --input {root / 'photos'} --out {root / 'renders'} --backend mediapipe",
+              file=sys.stderr)
+        return 2
     models = list(dict.fromkeys(args.models))
     if "flame_mlp" in models and not _has_flame(Path(args.data)):
         print(f"{args.data}: the renders hold no FLAME parameters (MediaPipe backend): flame_mlp left out "

@@ -284,3 +284,18 @@ def test_a_3d_model_on_a_split_without_renders_is_one_line_and_exit_2(fer_root, 
     assert status == 2
     assert "render folder not found" in err
     assert "Traceback" not in err
+
+
+def test_compare3d_without_renders_or_without_a_dataset_is_one_line_naming_the_fix(fer_root, tmp_path, capsys):
+    from if3d.compare3d import main
+
+    root = tmp_path / "photos_only"
+    shutil.copytree(fer_root, root, ignore=shutil.ignore_patterns("renders", "cache"))
+    assert main(["--data", str(root), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert f"{root}: no renders/ folder" in err
+    assert "Smirk_batch_Render.py" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "cmp").exists()
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cmp")]) == 2
+    assert "not a converted dataset" in capsys.readouterr().err
