@@ -137,6 +137,9 @@ def test_a_tiny_sweep_writes_its_tables_and_a_killed_sweep_resumes(tmp_path, cap
     assert "more than once" in capsys.readouterr().err
     assert _sweep(root, tmp_path / "nothing", "--report-only") == 2
     assert "no sweep to report" in capsys.readouterr().err
+    # a misspelt training option is refused before any split or view is written
+    assert _sweep(root, tmp_path / "typo", "--epochz", "3") == 2
+    assert not (tmp_path / "typo").exists()
 
 
 def test_the_ray_executor_gives_the_same_numbers_as_the_local_one(tmp_path):

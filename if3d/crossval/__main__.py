@@ -210,26 +210,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"{out}: no sweep to report (no {out / 'runs'} folder)")
         print(f"summary: {report(out, args, train_args)}")
         return 0
+    t0 = time.perf_counter()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        # the training options are checked before anything (splits, views) is written
+        from if3d.train.cli import config_from_args
+
+        import_modules(tuple(str(Path(m).resolve()) if m.endswith(".py") else m for m in args.imports))
+        config_from_args(["--model", args.models[0], "--data", str(args.data[0]), "--val-split", "val", "--out",
+                          str(out / "runs" / "options-check"), "--seed", "0", *DEFAULT_TRAINING, *train_args])
+        jobs = plan(args, train_args)
+    except SystemExit as e:
+        return int(e.code or 2)
+    except (ValueError, FileNotFoundError, OSError, ImportError) as e:
+        return _fail(str(e))
+    try:
         if not (out / SWEEP_FILE).is_file():
             from if3d.atomic import atomic_write_json
 
             atomic_write_json(out / SWEEP_FILE, settings)
     except OSError as e:
         return _fail(f"{out}: cannot write the sweep settings ({e})")
-    t0 = time.perf_counter()
-    try:
-        jobs = plan(args, train_args)
-        # every run's training options are checked before the first run starts
-        from if3d.crossval.runner import training_argv
-        from if3d.train.cli import config_from_args
-
-        config_from_args(training_argv(jobs[0]))
-    except SystemExit as e:
-        return int(e.code or 2)
-    except (ValueError, FileNotFoundError, OSError, ImportError) as e:
-        return _fail(str(e))
     print(f"{len(jobs)} runs: {len(args.data)} dataset(s) × {len(args.models)} model(s) × {args.runs} runs "
           f"({args.protocol}); executor {args.executor}", flush=True)
     if args.executor == "ray":
