@@ -129,3 +129,18 @@ def test_split_fingerprint_depends_on_names_labels_and_bytes(publictest_sample, 
         photo.write_bytes(data)
     with pytest.raises(FileNotFoundError, match="no photos"):
         split_fingerprint(publictest_sample, "nope")
+
+
+def test_a_missing_shipped_file_is_one_line_naming_the_fix(monkeypatch, tmp_path, capsys, data_dir):
+    import networks.inference as inference
+    from if3d.analyze.cli import run
+
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", ("if3d", "weights/absent.pth"))
+    with pytest.raises(FileNotFoundError, match="reinstall the toolkit"):
+        resolve_checkpoint("default")
+    image = data_dir / "wild" / "uncropped" / "Adam_Mair_0001.jpg"
+    assert run([str(image), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "absent.pth" in err
+    assert "reinstall" in err
+    assert "Traceback" not in err
