@@ -94,8 +94,8 @@ def calibrate_checkpoint(
     from if3d.atomic import atomic_torch_save
     from if3d.checkpoint import load_checkpoint
     from if3d.data.source import SplitSource, open_split
-    from if3d.evaluate import label_mapping
-    from if3d.metrics import calibration_metrics, fit_temperature
+    from if3d.evaluate import _remap_results, label_mapping
+    from if3d.metrics import calibration_metrics, fit_temperature, rescale_temperature
     from if3d.runtime import (
         BatchPreparer,
         RuntimeConfig,
@@ -130,24 +130,16 @@ def calibrate_checkpoint(
     finally:
         cleanup_distributed()
     names = [str(c) for c in ckpt["class_names"]]
-    mapping = label_mapping(list(dataset.class_names), names)
-    lut = np.full(max(len(dataset.class_names), 1), -1, dtype=np.int64)
-    for i, j in mapping.items():
-        lut[i] = j
-    labels = lut[results["label"]]
-    keep = labels >= 0
-    if not keep.any():
+    data_names = list(dataset.class_names)
+    kept, excluded = _remap_results(results, label_mapping(data_names, names), data_names)
+    if len(kept["label"]) == 0:
         raise ValueError(f"{data} {split}: no photo of a class of the checkpoint ({', '.join(names)})")
-    probs = results["probabilities"][keep].astype(np.float64)
-    labels = labels[keep]
-    logp = np.log(np.clip(probs, 1e-300, None))
-    temperature = fit_temperature(logp, labels)
-    z = logp / temperature
-    after = np.exp(z - z.max(1, keepdims=True))
-    after /= after.sum(1, keepdims=True)
+    probs, labels = kept["probabilities"].astype(np.float64), kept["label"]
+    temperature = fit_temperature(np.log(np.clip(probs, 1e-300, None)), labels)
+    after = rescale_temperature(probs, temperature)
     entry = {
-        "data": str(Path(data).resolve().name), "split": split, "samples": int(keep.sum()),
-        "left_out_other_classes": int((~keep).sum()), "temperature": temperature, "flip_average": flip,
+        "data": str(Path(data).resolve().name), "split": split, "samples": int(len(labels)),
+        "left_out_other_classes": int(sum(excluded.values())), "temperature": temperature, "flip_average": flip,
         "accuracy": float((probs.argmax(1) == labels).mean()),
         "before": calibration_metrics(probs, labels), "after": calibration_metrics(after, labels),
         "method": "temperature scaling (Guo et al. 2017), NLL minimised over log T on the calibration split",
@@ -203,16 +195,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    try:
-        calibrate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
-                             flip_average=args.flip_average, half=args.half, batch_size=args.batch_size)
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
-    return 0
+    from if3d.console import one_line_errors
+
+    return one_line_errors(lambda: calibrate_checkpoint(
+        args.checkpoint, data=args.data, split=args.split, out=args.out, flip_average=args.flip_average,
+        half=args.half, batch_size=args.batch_size), interrupted="interrupted; nothing was written")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

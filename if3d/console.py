@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-__all__ = ["HelpFormatter", "command_name", "exit_status", "train"]
+__all__ = ["HelpFormatter", "command_name", "exit_status", "one_line_errors", "train"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -52,6 +52,20 @@ def command_name(default: str) -> str:
 def exit_status(statuses: Mapping[int, str]) -> str:
     """The help's last paragraph: ``exit status: 0 done; 2 bad options …; 130 interrupted``."""
     return "exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in statuses.items())
+
+
+def one_line_errors(call, interrupted: str = "interrupted") -> int:
+    """Run a command's work and turn its outcome into the exit status: 0 done (or the int ``call`` returns),
+    2 for an ``OSError``, ``ValueError``, ``KeyError`` or ``RuntimeError`` (its message on one line of standard
+    error, no traceback), 130 on Ctrl-C (``interrupted`` printed)."""
+    try:
+        return int(call() or 0)
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
 
 
 def train() -> None:

@@ -302,14 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "image_size", 1) < 1:
         print("error: --image-size must be >= 1", file=sys.stderr)
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+    from if3d.console import one_line_errors
+
+    return one_line_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

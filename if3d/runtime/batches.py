@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from if3d.data.source import CLIP_STREAMS, IMAGE_STREAMS
 from if3d.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from networks.inference import predict_logits
 
 __all__ = ["CLIP_STREAMS", "IMAGE_STREAMS", "BatchPreparer", "forward_model", "model_streams", "unwrap_model"]
 
@@ -36,8 +37,6 @@ def forward_model(model: nn.Module, inputs: Sequence[torch.Tensor]):
     A model in eval mode that carries an inference policy (a checkpoint's temperature and test-time flip
     averaging, :mod:`networks.inference`) is run with it; a model in training mode never is.
     """
-    from networks.inference import predict_logits
-
     return predict_logits(model, inputs)
 
 
