@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from if3d.atomic import atomic_write_text
-from if3d.console import HelpFormatter, command_name, exit_status
+from if3d.console import HelpFormatter, command_name, exit_status, writing_to
 
 __all__ = ["DEFAULT_MODELS", "FACE3D_ONLY", "main"]
 
@@ -211,6 +211,10 @@ def _write_outputs(out: Path, rows: list[dict], args: argparse.Namespace, wall_s
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, train_args = get_args_parser().parse_known_args(argv)
+    return writing_to(args.out, command_name("python -m if3d.compare3d"), lambda: _main(args, train_args))
+
+
+def _main(args, train_args: list[str]) -> int:
     import networks
 
     unknown = [m for m in args.models if m not in networks.list_models()]

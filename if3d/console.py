@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-__all__ = ["HelpFormatter", "command_name", "exit_status", "one_line_errors", "train"]
+__all__ = ["HelpFormatter", "command_name", "exit_status", "one_line_errors", "train", "writing_to"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -65,6 +65,22 @@ def one_line_errors(call, interrupted: str = "interrupted") -> int:
         return 130
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+
+
+def writing_to(out: str | os.PathLike | None, command: str, work: Callable[[], int]) -> int:
+    """Run a command's ``work`` as the one writer of its output ``out`` (:func:`if3d.outputs.exclusive_output`;
+    ``None``: no output to guard) and return its status; 2, with one line naming the command and process that
+    hold it, when another toolkit command is writing the same output."""
+    from if3d.outputs import OutputError, exclusive_output
+
+    if out is None:
+        return work()
+    try:
+        with exclusive_output(out, command):
+            return work()
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

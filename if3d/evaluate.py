@@ -36,6 +36,7 @@ AffectNet-8 names.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import math
@@ -51,6 +52,7 @@ import numpy as np
 from if3d.atomic import atomic_write_json, atomic_write_text
 from if3d.classes import canonical_label, class_names_for
 from if3d.console import HelpFormatter, exit_status
+from if3d.outputs import exclusive_output
 
 if TYPE_CHECKING:  # torch, the data pipeline, the runtime and the plots load when a job runs, not for --help
     import torch
@@ -210,8 +212,8 @@ def evaluate_checkpoint(
 
     Raises:
         FileNotFoundError, FileExistsError, PermissionError, ValueError: missing files, an unusable
-            output folder, bad options, or a dataset that shares no class with the model (the message
-            says which).
+            output folder (or one another toolkit command is writing: :class:`if3d.outputs.OutputError`), bad
+            options, or a dataset that shares no class with the model (the message says which).
     """
     from if3d.data.source import SplitSource, open_split
     from if3d.runtime import (
@@ -233,8 +235,10 @@ def evaluate_checkpoint(
                                                                                                  annotations)
     out_dir = Path(out) if out is not None else default_out_dir(checkpoint, source.split)
     info = init_distributed(device)
+    lock = contextlib.ExitStack()
     try:
         if info.is_main:
+            lock.enter_context(exclusive_output(out_dir, "if3d-test"))  # one writer per output folder
             _prepare_out_dir(out_dir)
         model, report, class_names, runtime = _load_model(checkpoint, info, amp=amp, channels_last=channels_last,
                                                           tune_allocator=tune_allocator, image_size=image_size)
@@ -269,6 +273,7 @@ def evaluate_checkpoint(
         return metrics
     finally:
         cleanup_distributed()
+        lock.close()
 
 
 def _calibration(results: Mapping[str, np.ndarray], model: torch.nn.Module) -> dict[str, Any]:

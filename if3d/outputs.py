@@ -14,18 +14,27 @@ data cache (``python -m if3d.data cache``) decide where they may write through t
 3. **Fail cleanly.** A folder that cannot be written (read-only, no permission, full disk) raises
    :class:`OutputError` naming the path and the cause; callers write atomically
    (:mod:`if3d.atomic`), so nothing half-written is left behind.
+4. **One writer at a time.** A command holds :func:`exclusive_output` on its output for as long as it
+   writes; a second toolkit command given the same output (the same path after resolving symbolic links)
+   is refused at once, naming the command and process that holds it, instead of interleaving files with
+   it. The lock is an advisory ``flock`` on a file of the user's temporary folder, released by the
+   operating system when the holder exits, crashes or is killed, so it never needs cleaning up.
 
 :class:`OutputError` is a ``ValueError``: the command lines report it in one line with exit status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from if3d.atomic import atomic_write_json
@@ -35,6 +44,7 @@ __all__ = [
     "OutputError",
     "check_apart",
     "check_replaceable",
+    "exclusive_output",
     "is_fatal_write_error",
     "overlap",
     "prepare_output_dir",
@@ -259,3 +269,74 @@ def prepare_output_dir(out: str | os.PathLike, kind: str, sources: Iterable[str 
         raise write_error(out, e) from None
     write_marker(out, kind, **info)
     return out
+
+
+def lock_dir() -> Path:
+    """The folder of the output locks: ``<temporary folder>/if3d-locks-<user id>`` (``IF3D_LOCK_DIR``
+    overrides it, e.g. a folder on a file system that several machines share)."""
+    env = os.environ.get("IF3D_LOCK_DIR")
+    if env:
+        return Path(env)
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"if3d-locks-{uid}"
+
+
+@contextlib.contextmanager
+def exclusive_output(out: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold the toolkit's exclusive lock on the output ``out`` (a folder or a file) while the body runs.
+
+    Two toolkit commands writing the same output at once would interleave their files (two trainings
+    appending to one ``metrics.csv``, two analyses replacing each other's per-input folders). The lock
+    key is ``out`` after resolving symbolic links (so ``runs/a`` and a link to it are the same output);
+    outputs nested in one another are different outputs. The lock is advisory: it guards toolkit commands
+    against each other, not against other programs, and covers the processes of one user on one machine
+    (or, with ``IF3D_LOCK_DIR`` on a shared file system that supports ``flock``, several machines).
+
+    Args:
+        out: the output path; it need not exist yet.
+        command: what holds it, for the refusal message (e.g. ``"if3d-analyze"``).
+
+    Yields:
+        the resolved output path.
+
+    Raises:
+        OutputError: another toolkit process holds the lock (the message names its command, process id
+            and start time), or the lock folder cannot be written.
+    """
+    real = _real(out)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): commands run unguarded, as before
+        yield real
+        return
+    folder = lock_dir()
+    path = folder / (hashlib.sha256(os.fsencode(real)).hexdigest()[:32] + ".lock")
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output lock {path}: {exc.strerror or exc}", out) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise OutputError(f"{out}: cannot lock {path}: {exc.strerror or exc}", out) from None
+            raise OutputError(f"{out} is being written by another if3d command ({_holder(path)}); wait for it "
+                              "to finish or choose another output", out) from None
+        record = {"pid": os.getpid(), "command": command, "out": str(real),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield real
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _holder(path: Path) -> str:
+    """``if3d-train, process 1234, since 2026-01-01 10:00:00`` from a lock file (best effort)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return f"{info['command']}, process {info['pid']}, since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its process is still running"

@@ -302,9 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "image_size", 1) < 1:
         print("error: --image-size must be >= 1", file=sys.stderr)
         return 2
-    from if3d.console import one_line_errors
+    from if3d.console import one_line_errors, writing_to
 
-    return one_line_errors(lambda: args.func(args))
+    return writing_to(args.out or None, f"if3d-video {args.command}", lambda: one_line_errors(lambda: args.func(args)))
 
 
 if __name__ == "__main__":

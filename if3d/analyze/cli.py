@@ -40,6 +40,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from if3d.console import command_name, writing_to
+
 if TYPE_CHECKING:
     from if3d.runtime.stop import StopRequest
 
@@ -175,7 +177,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     stop = StopRequest("stopping after this frame")
     stop.install()
     try:
-        return _run(args, cfg, [i for i in args.inputs if i not in missing], missing, stop)
+        return writing_to(args.out, command_name("python -m if3d.analyze"),
+                          lambda: _run(args, cfg, [i for i in args.inputs if i not in missing], missing, stop))
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from if3d.atomic import atomic_write_text
-from if3d.console import HelpFormatter, command_name, exit_status
+from if3d.console import HelpFormatter, command_name, exit_status, writing_to
 from if3d.crossval.protocols import PROTOCOLS, load_split, make_splits, pooled_samples, write_split
 from if3d.crossval.results import plot_runs, summary_markdown, write_results
 from if3d.crossval.runner import DEFAULT_TRAINING, Job, import_modules, run_local, run_ray
@@ -190,6 +190,10 @@ def report(out: Path, args: argparse.Namespace, train_args: Sequence[str], wall_
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, train_args = get_args_parser().parse_known_args(argv)
+    return writing_to(args.out, command_name("python -m if3d.crossval"), lambda: _main(args, train_args))
+
+
+def _main(args, train_args: list[str]) -> int:
     train_args = [a for a in train_args if a != "--"]
     owned = [a for a in train_args if a.split("=")[0] in _OWNED]
     if owned:

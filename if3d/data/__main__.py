@@ -16,9 +16,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+
+from if3d.outputs import exclusive_output
 
 
 def _add_convert(sub) -> None:
@@ -221,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                 and argv[:1] not in (["-h"], ["--help"]):
             argv = ["convert", *argv]
     args = parser.parse_args(argv)
+    out = getattr(args, "out", None)
     try:
-        return int(args.func(args) or 0)
+        # one writer per output dataset: a second conversion into the same --out is refused
+        with exclusive_output(out, f"{parser.prog} {args.command}") if out else contextlib.nullcontext():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130

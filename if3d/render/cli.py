@@ -16,6 +16,7 @@ import pickle
 import sys
 
 from if3d.console import HelpFormatter, command_name, exit_status
+from if3d.outputs import exclusive_output
 from if3d.render.backends import FRAMINGS, backend_names
 
 _SMIRK_OPTIONS = {"smirk_checkpoint": "checkpoint", "flame_model": "flame_model", "smirk_assets": "assets_dir",
@@ -75,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     from if3d.render.batch import render_tree  # loads OpenCV: not needed for --help or bad options
 
     try:
-        summary = render_tree(
-            args.input, args.out, backend=args.backend, size=args.size, workers=workers,
-            framing=args.framing, overwrite=args.overwrite, backend_kwargs=backend_kwargs,
-            progress=not args.no_progress,
-        )
+        with exclusive_output(args.out, parser.prog):  # one writer per render folder
+            summary = render_tree(
+                args.input, args.out, backend=args.backend, size=args.size, workers=workers,
+                framing=args.framing, overwrite=args.overwrite, backend_kwargs=backend_kwargs,
+                progress=not args.no_progress,
+            )
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         # ValueError includes OutputError (output refused or not writable) and an unreadable manifest;
         # UnpicklingError: a weight file refused by the allow-list loaders (names the global).

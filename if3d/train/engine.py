@@ -20,6 +20,7 @@ batches already done and reaches the same weights as an uninterrupted one (on CP
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -39,6 +40,7 @@ from if3d.checkpoint import capture_rng_state, load_checkpoint, make_checkpoint,
 from if3d.classes import class_names_for
 from if3d.data.report import DataError
 from if3d.data.source import dataset_report, open_split
+from if3d.outputs import exclusive_output
 from if3d.runtime.allocator import tune_glibc_malloc
 from if3d.runtime.batches import BatchPreparer, forward_model, unwrap_model
 from if3d.runtime.device import autocast_context, optimizer_impl_kwargs, resolve_compile, resolve_runtime
@@ -244,11 +246,14 @@ def fit(cfg: TrainConfig, *, train_dataset: Dataset | None = None, val_dataset: 
         NonFiniteLossError: NaN/inf loss or weights; nothing non-finite was written.
         DataReadError: an unreadable training sample mid-run, after writing a resumable ``last.pth``.
         if3d.train.rundir.RunWriteError: the run directory cannot be written.
+        if3d.outputs.OutputError: another toolkit command is writing the same ``cfg.run.out``.
         ValueError, FileNotFoundError: bad settings or data (the message says which).
     """
     info = init_distributed(cfg.runtime.device)
     try:
-        return Trainer(cfg, info, train_dataset, val_dataset).run()
+        # the main process owns the run directory; a second training given the same --out is refused
+        with exclusive_output(cfg.run.out, "if3d-train") if info.is_main else contextlib.nullcontext():
+            return Trainer(cfg, info, train_dataset, val_dataset).run()
     finally:
         cleanup_distributed()
 
