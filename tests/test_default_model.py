@@ -144,3 +144,41 @@ def test_a_missing_shipped_file_is_one_line_naming_the_fix(monkeypatch, tmp_path
     assert "absent.pth" in err
     assert "reinstall" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "non-finite"])
+def test_a_damaged_shipped_file_is_one_line_naming_it(damage, monkeypatch, tmp_path, capsys, data_dir):
+    """A broken install (a download cut short, an emptied or overwritten file, flipped weights) is refused by
+    the commands that load ``default``, with the file named; no prediction is made from it."""
+    import networks.inference as inference
+    from if3d.analyze.cli import run as analyze
+    from if3d.evaluate import run as test_script
+
+    shipped = resolve_checkpoint("default")
+    broken = tmp_path / "weights" / "fer2013_mobilenetv2_default.pth"
+    broken.parent.mkdir()
+    if damage == "truncated":
+        broken.write_bytes(shipped.read_bytes()[: shipped.stat().st_size // 2])
+    elif damage == "empty":
+        broken.write_bytes(b"")
+    elif damage == "text":
+        broken.write_text("<html>404 Not Found</html>\n")
+    else:
+        ckpt = torch.load(shipped, map_location="cpu", weights_only=False)
+        key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+        ckpt["model"][key] = ckpt["model"][key] * float("nan")
+        torch.save(ckpt, broken)
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", ("if3d", str(broken)))  # absolute: joinpath keeps it
+    assert resolve_checkpoint("default") == broken
+    image = data_dir / "wild" / "uncropped" / "Adam_Mair_0001.jpg"
+    out = tmp_path / "out"
+    assert analyze([str(image), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err
+    assert "Traceback" not in err
+    assert not list(out.rglob("*.csv"))  # no result written from a broken model
+    assert test_script(["--checkpoint", "default", "--photos", str(data_dir / "fer2013" / "test"),
+                        "--max-samples", "8", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err
+    assert "Traceback" not in err
