@@ -3,7 +3,7 @@ FER2013 and the ImageNet MobileNetV2 weights installed by the set-up command, on
 
 Run from the repository root::
 
-    python examples/train_default_model.py             # ≈ 75 min on 2 CPU cores (docs/MODEL_CARD.md)
+    python examples/train_default_model.py             # ≈ 2 h on 2 CPU cores (docs/MODEL_CARD.md)
     python examples/train_default_model.py --install   # the same, then copy the model into the package
 
 Every step is an ordinary command of the toolkit, printed before it runs and saved to
@@ -14,9 +14,13 @@ Every step is an ordinary command of the toolkit, printed before it runs and sav
    trained on; PublicTest (3,589) becomes ``val``, the reported split, which no step below chooses anything on.
 2. ``python -m if3d.data cache --photo-only``: the photos decoded once at 112 px.
 3. ``python -m if3d.train``: photo-only DDAMFN (2 DDA heads) on the ImageNet MobileNetV2 backbone, recipe
-   ``fer_imagenet`` for 12 epochs, validated on ``calib`` (``best.pth`` is the best epoch on ``calib``).
+   ``fer_imagenet`` with DDAMFN/If3D's AffectNet augmentation (``--augment-preset affectnet``: flips, ±20°
+   rotation, shifts, scale, random erasing; the milder ``light`` preset let a 12-epoch run reach 0.84 training
+   accuracy against 0.69 on ``calib``) for 18 epochs, validated on ``calib`` (``best.pth`` is the best epoch
+   on ``calib``).
 4. ``affectnet_fusion_test.py`` on ``calib`` with and without horizontal-flip averaging; the model averages
-   the flips when that is at least as accurate on ``calib``.
+   the flips when that gives the lower negative log-likelihood on ``calib`` (a proper score, steadier on
+   1,436 photos than accuracy, where the two settings differ by a few photos).
 5. ``python -m if3d.calibration``: temperature scaling fitted on ``calib``; the weights stored as float16, with
    the recipe, the seed and a SHA-256 fingerprint of the training photos.
 6. ``affectnet_fusion_test.py`` on PublicTest (``val``, all 3,589 photos: photo-only, so no photo is left
@@ -36,7 +40,8 @@ from pathlib import Path
 
 from fer2013_demo import REPO, Runner
 
-EPOCHS = 12
+EPOCHS = 18
+AUGMENT = "affectnet"
 SEED = 0
 
 
@@ -54,8 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _accuracy(folder: Path) -> float:
-    return float(json.loads((folder / "metrics.json").read_text())["accuracy"])
+def _metric(folder: Path, name: str) -> float:
+    return float(json.loads((folder / "metrics.json").read_text())[name])
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -88,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         run("train", [py, "-m", "if3d.train", "--resume", str(out)])
     elif not (out / "best.pth").is_file():
         run("train", [py, "-m", "if3d.train", "--model", "ddamfn", "--data", str(data), "--backbone", "mobilenetv2",
-                      "--pretrained", "imagenet", "--num-heads", "2", "--preset", "fer_imagenet", "--epochs",
-                      str(args.epochs), "--val-split", "calib", "--seed", str(args.seed), "--no-compile",
+                      "--pretrained", "imagenet", "--num-heads", "2", "--preset", "fer_imagenet",
+                      "--augment-preset", AUGMENT, "--epochs", str(args.epochs), "--val-split", "calib", "--seed", str(args.seed), "--no-compile",
                       "--out", str(out)])
     best = out / "best.pth"
     test = [py, "affectnet_fusion_test.py", "--workers", "0", "--data", str(data)]
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             run("choose flip averaging", [*test, "--checkpoint", str(best), "--split", "calib",
                                           "--flip-average" if flip == "flip" else "--no-flip-average",
                                           "--out", str(folder)])
-    use_flip = _accuracy(out / "eval" / "calib_flip") >= _accuracy(out / "eval" / "calib_noflip")
+    use_flip = _metric(out / "eval" / "calib_flip", "nll") < _metric(out / "eval" / "calib_noflip", "nll")
     model = out / "default.pth"
     run("calibrate", [py, "-m", "if3d.calibration", "--checkpoint", str(best), "--data", str(data), "--split",
                       "calib", "--flip-average" if use_flip else "--no-flip-average", "--half", "--out", str(model)])
