@@ -52,6 +52,9 @@ from networks import face3d  # noqa: E402, F401, I001  isort: skip
 # video models (Emotion-FAN) last: they register the resnet18 backbone only when no module above did
 from networks import video  # noqa: E402, F401, I001  isort: skip
 
+# score-level ensembles of trained members of any registered model (python -m if3d.ensemble fits them)
+from networks import ensemble  # noqa: E402, F401, I001  isort: skip
+
 __all__ = [
     "BackboneSpec",
     "CheckpointFormatError",
