@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from if3d.console import HelpFormatter, command_name, exit_status, one_line_errors
+from if3d.console import HelpFormatter, command_name, exit_status, one_line_errors, writing_to
 
 if TYPE_CHECKING:  # torch and the data pipeline load when a job runs, not for --help
     import torch
@@ -469,11 +469,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status."""
     args = get_args_parser().parse_args(argv)
     command = " ".join([command_name("python -m if3d.ensemble"), *(sys.argv[1:] if argv is None else argv)])
-    return one_line_errors(lambda: run_ensemble(
+    return writing_to(args.out, command_name("python -m if3d.ensemble"), lambda: one_line_errors(lambda: run_ensemble(
         args.checkpoints, data=args.data, fit_split=args.fit_split, test_split=args.test_split, out=args.out,
         method=args.method, seed=args.seed, bootstrap=args.bootstrap, image_size=args.image_size,
         skip_missing_renders=args.skip_missing_renders, batch_size=args.batch_size, workers=args.workers,
-        device=args.device, command=command) and 0, interrupted="interrupted; the files written so far are whole")
+        device=args.device, command=command) and 0, interrupted="interrupted; the files written so far are whole"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -120,6 +120,8 @@ def _commands(data_dir: Path, tmp_path: Path, out: Path) -> dict[str, list[str]]
                         "--out", str(out)],
         "crossval": ["-m", "if3d.crossval", "--data", str(src), "--models", "ddamfn", "--out", str(out)],
         "compare3d": ["-m", "if3d.compare3d", "--data", str(tmp_path / "none"), "--out", str(out)],
+        "ensemble": ["-m", "if3d.ensemble", "--checkpoints", "default", "default", "--data", str(src),
+                     "--fit-split", "train", "--test-split", "test", "--out", str(out)],
     }
 
 
