@@ -53,7 +53,8 @@ class WarmStartReport:
         photo, render: the checkpoint files (``None`` when not given or given as a module).
         origin: model state-dict key → its source, e.g. ``"photo checkpoint backbone.*"`` or
             ``"pass-through: …"``.
-        left: model keys left as they were before the warm start (random initialisation or ``--pretrained``).
+        left: model keys left as they were before the warm start (random initialisation or ``--pretrained``);
+            a tensor the pass-through sets to the value it already had counts as left.
         unused: ``"<photo|render> <key prefix>*"`` → why it was not used (counts of tensors in ``unused_counts``).
         unused_counts: the number of checkpoint tensors behind each ``unused`` entry.
         passthrough: the fusion's :class:`~networks.fusion.common.PassThrough` (``None``: no photo model, or
