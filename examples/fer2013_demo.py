@@ -248,22 +248,9 @@ def update_docs(work: Path, table: Path) -> None:
     print(f"updated {readme} and {docs}/fer2013_demo_*")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    work = Path(args.work)
-    if work.exists() and args.overwrite:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    run = Runner(work)
-    py = sys.executable
-    t0 = time.perf_counter()
-    try:
-        counts = make_subset(Path(args.fer2013), work / "fer2013_subset", args.train_per_class, args.test_per_class)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"subset: {counts['train']} train + {counts['test']} PublicTest photos in {work / 'fer2013_subset'}")
-    data = work / "fer2013"
+def prepare_dataset(run: Runner, work: Path) -> Path:
+    """Steps 2–4: ``<work>/fer2013_subset`` → canonical layout → MediaPipe renders → caches; the dataset folder."""
+    py, data = sys.executable, work / "fer2013"
     if not (data / "classes.json").is_file():
         run("convert", [py, "-m", "if3d.data", "convert", "--format", "fer2013-folders",
                         "--src", str(work / "fer2013_subset"), "--out", str(data)])
@@ -271,6 +258,24 @@ def main(argv: list[str] | None = None) -> int:
                    "--backend", "mediapipe", "--size", "112", "--no-progress"])
     run("cache", [py, "-m", "if3d.data", "cache", "--data", str(data), "--split", "train", "--split", "val",
                   "--skip-missing-renders"])
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    work = Path(args.work)
+    if work.exists() and args.overwrite:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    run = Runner(work)
+    t0 = time.perf_counter()
+    try:
+        counts = make_subset(Path(args.fer2013), work / "fer2013_subset", args.train_per_class, args.test_per_class)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"subset: {counts['train']} train + {counts['test']} PublicTest photos in {work / 'fer2013_subset'}")
+    data = prepare_dataset(run, work)
     common = ["--data", str(data), "--backbone", args.backbone, "--pretrained", "imagenet", "--num-heads", "2",
               "--preset", args.preset, "--epochs", str(args.epochs), "--skip-missing-renders",
               "--max-val-samples", "512", "--workers", "0", "--no-compile", *shlex.split(args.extra_train_args)]
@@ -288,12 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def exit_with(entry) -> None:
+    """Run ``entry()`` as a script: exit with its status; a failed step or Ctrl-C as one line, no traceback."""
     try:
-        sys.exit(main())
+        sys.exit(entry())
     except subprocess.CalledProcessError as e:  # the failing command already printed its own error
         print(f"error: step failed with exit status {e.returncode}: {shlex.join(map(str, e.cmd))}", file=sys.stderr)
         sys.exit(e.returncode if 0 < e.returncode < 128 else 1)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    exit_with(main)

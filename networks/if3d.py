@@ -130,6 +130,58 @@ class If3DClassifier(nn.Module):
         self.act = nn.LeakyReLU(negative_slope)
         self.drop1, self.drop2, self.drop3 = (nn.Dropout(p) if p > 0 else nn.Identity() for p in dropout)
 
+    @torch.no_grad()
+    def init_passthrough(self, weight: Tensor, bias: Tensor) -> dict[str, int]:
+        """Make the first K outputs compute ``z = x @ weight.T + bias`` exactly (eval mode), K = weight rows.
+
+        The MLP is not linear (LeakyReLU with slope a), but ``f(z) − f(−z) = (1 + a)·z`` for any z, so K signals
+        pass every hidden layer as the pair (z, −z) in units 0..2K−1:
+
+        * fc1 rows 0..K−1 = ``weight``, rows K..2K−1 = ``−weight`` (biases likewise);
+        * fc2, fc3, fc4 and the output rows 0..K−1 read ``(f(z) − f(−z)) / (1 + a)`` from those units and
+          re-split it into the pair;
+        * the BN1d layers of those units are the identity (γ = sqrt(running_var + ε), β = running_mean).
+
+        The other hidden units keep their initial weights (random features of the whole input), and every
+        weight *from* them into the pass-through units and the first K outputs is 0, so they add nothing at
+        first yet receive gradients from the first step (zero-initialised read-outs rather than dead units).
+        Output rows K and above (valence, arousal) keep their initialisation. Dropout is inactive in eval mode.
+
+        Args:
+            weight: [K, in_features]; 2K must not exceed the hidden width.
+            bias: [K].
+
+        Returns:
+            The BatchNorm1d layers whose units 0..2K−1 were set to the identity, name → 2K (their statistics
+            are calibrated by :func:`networks.warmstart.calibrate_passthrough_norms`).
+
+        Raises:
+            ValueError: shapes that do not fit this classifier.
+        """
+        k, width = weight.shape
+        hidden = self.fc1.out_features
+        if width != self.fc1.in_features or bias.shape != (k,) or 2 * k > hidden or k > self.output.out_features:
+            raise ValueError(f"If3DClassifier.init_passthrough: a [{k}, {width}] map does not fit "
+                             f"{self.fc1.in_features} inputs, {hidden} hidden units, {self.output.out_features} outputs")
+        weight, bias = weight.to(self.fc1.weight), bias.to(self.fc1.bias)
+        self.fc1.weight[: 2 * k] = torch.cat([weight, -weight])
+        self.fc1.bias[: 2 * k] = torch.cat([bias, -bias])
+        eye = torch.eye(k, device=weight.device, dtype=weight.dtype) / (1.0 + self.act.negative_slope)
+        unpair = torch.cat([eye, -eye], dim=1)  # [K, 2K]: (f(z) − f(−z)) / (1 + a)
+        for layer in (self.fc2, self.fc3, self.fc4):
+            layer.weight[: 2 * k] = 0.0
+            layer.weight[: 2 * k, : 2 * k] = torch.cat([unpair, -unpair])
+            layer.bias[: 2 * k] = 0.0
+        self.output.weight[:k] = 0.0
+        self.output.weight[:k, : 2 * k] = unpair
+        self.output.bias[:k] = 0.0
+        norms = {name: 2 * k for name in ("bn1", "bn2", "bn3", "bn4")}
+        for name in norms:
+            bn = getattr(self, name)
+            bn.weight[: 2 * k] = torch.sqrt(bn.running_var[: 2 * k] + bn.eps)
+            bn.bias[: 2 * k] = bn.running_mean[: 2 * k]
+        return norms
+
     def forward(self, x: Tensor) -> Tensor:
         y = self.drop1(self.act(self.bn1(self.fc1(x))))
         y = self.drop2(self.act(self.bn2(self.fc2(y))))

@@ -110,6 +110,13 @@ class ModelConfig:
     """initial weights: imagenet (the backbone's packaged ImageNet file, into every backbone),
     pretrained/MFN_msceleb.pth (into every backbone) or any supported checkpoint (default: the preset's,
     imagenet with fer_imagenet where the backbone has packaged weights; else random)"""
+    init_photo: str | None = None
+    """If3D models: start the photo stream (backbone, DDA heads) from a trained photo-only DDAMFN checkpoint of the
+    same backbone and heads, and set the fusion and MLP head to pass its logits through (after --pretrained;
+    docs/TRAINING.md, "Warm-starting a fusion from the photo model")"""
+    init_render: str | None = None
+    """If3D models with two backbones (attention, gate, spp): start the render backbone from a trained render-only
+    DDAMFN checkpoint of the same backbone"""
     fusion: str | None = None
     """video models: fuse each frame with its render by this fusion strategy (networks.list_fusions())"""
     clip_frames: int | None = None

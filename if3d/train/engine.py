@@ -65,6 +65,7 @@ from if3d.train.config import (
 )
 from if3d.train.meters import EpochMeters
 from if3d.train.rundir import RunDirectory, git_commit, library_versions
+from networks.warmstart import calibrate_passthrough_norms, warm_start
 
 __all__ = [
     "DataReadError",
@@ -259,6 +260,10 @@ def fit(cfg: TrainConfig, *, train_dataset: Dataset | None = None, val_dataset: 
 
 
 
+WARM_START_CALIBRATION_BATCHES = 8
+"""Training batches whose statistics a warm start's pass-through BatchNorm layers take before the first step
+(:meth:`Trainer._calibrate_warm_start`)."""
+
 IMPROVED_ATTENTION_WEIGHT = 0.01
 """Default weight of the DDA attention loss outside the papers' settings (see :func:`papers_attention_setting`).
 
@@ -316,10 +321,11 @@ class Trainer:
         self._open_data()
         self._build_optimization()
         self._restore_state()
-        self._wrap_for_training()
         self.prepare = BatchPreparer.for_model(self.model, info.device, self.cfg.runtime.channels_last,
                                                self.cfg.data.augment, self.cfg.data.image_size,
                                                augment_preset=self.cfg.recipe.augment_preset)
+        self._calibrate_warm_start()
+        self._wrap_for_training()
         self.rundir = RunDirectory(self.cfg.run.out, self.criterion.terms, info.is_main,
                                    **({"val_metrics": self.validation.metrics} if self.validation is not None else {}))
 
@@ -377,7 +383,11 @@ class Trainer:
         if cfg.model.pretrained and self.resume_ckpt is None:
             self.load_report = networks.load_weights(self.model, cfg.model.pretrained)
             self._say(f"pretrained weights: {self.load_report}")
-        elif self.resume_ckpt is None:
+        self.warm_report = None
+        if (cfg.model.init_photo or cfg.model.init_render) and self.resume_ckpt is None:
+            self.warm_report = warm_start(self.model, cfg.model.init_photo, cfg.model.init_render, self.class_names)
+            self._say(str(self.warm_report))
+        elif self.resume_ckpt is None and not cfg.model.pretrained:
             note = random_start_note(cfg.model.model, self.model)
             if note:
                 self._say(note)
@@ -466,6 +476,24 @@ class Trainer:
             )
         self._say(f"resuming {self.cfg.run.resume} at epoch {self.epochs_done + 1}, step {self.step}")
 
+    def _calibrate_warm_start(self) -> None:
+        """A warm start's identity BatchNorm layers get the statistics of the first training batches (before
+        DDP wraps the model, which then broadcasts rank 0's values): networks.warmstart.calibrate_passthrough_norms."""
+        report = self.warm_report
+        if report is None or not report.norms:
+            return
+        cfg, info = self.cfg, self.info
+        count = min(WARM_START_CALIBRATION_BATCHES, self.steps_per_epoch) * self.local_batch
+        order = epoch_indices(self.train_dataset, 0, cfg.run.seed, cfg.recipe.balanced_sampling, info.rank,
+                              info.world_size)[:count]
+        loader = make_loader(self.train_dataset, order, self.local_batch, cfg.runtime.workers,
+                             info.device.type == "cuda", drop_last=True)
+        with autocast_context(info.device, cfg.runtime.amp):
+            samples = calibrate_passthrough_norms(
+                self.model, (self.prepare(batch, train=True)[0] for batch in loader), report.norms)
+        self._say(f"warm start: statistics of {len(report.norms)} pass-through BatchNorm layers measured on "
+                  f"{samples} training samples")
+
     def _wrap_for_training(self) -> None:
         """DDP across ranks, and ``torch.compile`` when asked or when ``auto`` decides it pays."""
         cfg, info = self.cfg, self.info
@@ -513,6 +541,7 @@ class Trainer:
                 "backbone": getattr(self.model, "backbone_name", None),
                 "pretrained_file": self.load_report.path if self.load_report is not None else None,
                 "pretrained_report": str(self.load_report) if self.load_report is not None else None,
+                "warm_start_report": str(self.warm_report) if self.warm_report is not None else None,
                 "git": git_commit(),
                 "versions": library_versions(),
                 "command": sys.argv,

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from networks.fusion.common import DepthwiseConvBN, check_maps
+from networks.fusion.common import DepthwiseConvBN, PassThrough, check_maps, copy_pool
 from networks.registry import FusionSpec, register_fusion
 
 __all__ = ["CrossAttentionFusion", "If3DAttentionFusion", "sincos_position_2d"]
@@ -62,6 +62,20 @@ class If3DAttentionFusion(nn.Module):
         value = self.value_conv(x2).reshape(b, -1, h * w)
         out = torch.bmm(value, attention.permute(0, 2, 1)).reshape(b, c, h, w) + x1
         return out.flatten(1)
+
+    @torch.no_grad()
+    def init_passthrough(self, pool: nn.Module) -> PassThrough:
+        """Start from a photo model: the output is ``value_conv(x2) + x1``, so a zero value convolution (weight
+        and bias) leaves x1, the photo map through the shared 7×7 block, which becomes the photo model's pooling
+        ``pool`` (arguments, result and errors as :meth:`CrossAttentionFusion.init_passthrough`)."""
+        copy_pool(self.depthwise, pool)
+        self.value_conv.weight.zero_()
+        self.value_conv.bias.zero_()
+        return _identity_readout(self.channels, "zero value convolution: output = the photo model's pooled feature")
+
+
+def _identity_readout(channels: int, note: str) -> PassThrough:
+    return PassThrough(torch.eye(channels), torch.zeros(channels), exact=True, note=note)
 
 
 def sincos_position_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -189,6 +203,32 @@ class CrossAttentionFusion(nn.Module):
         x = photo + self.drop(self.out_proj(attended))
         x = x + self.drop(self.ffn(self.norm_ffn(x)))
         return self.depthwise(x.transpose(1, 2).reshape(b, c, h, w)).flatten(1)
+
+    @torch.no_grad()
+    def init_passthrough(self, pool: nn.Module) -> PassThrough:
+        """Start from a photo model: both residual branches zero, so the photo tokens pass unchanged.
+
+        The attention output projection and the last feed-forward layer get zero weights and biases (the
+        zero-initialised residual of Goyal et al. 2017 / ReZero, Bachlechner et al. 2020): x = photo tokens,
+        and the pooling (the depthwise 7×7 block, which becomes the photo model's pooling) gives the photo
+        model's pooled feature. The attention itself stays as initialised and receives gradients through the
+        output projection from the first step.
+
+        Args:
+            pool: the photo model's 7×7 depthwise conv + BN (DDAMFN's ``gdc``), kernel [C, 1, 7, 7].
+
+        Returns:
+            :class:`PassThrough` with readout I [C, C], exact.
+
+        Raises:
+            ValueError: the pooling kernel does not fit.
+        """
+        copy_pool(self.depthwise, pool)
+        for layer in (self.out_proj, self.ffn[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        return _identity_readout(self.channels, "zero residual branches: the photo tokens pass, pooled by the "
+                                                "photo model's pooling")
 
     def attention_weights(self, photo_map: Tensor, render_map: Tensor) -> Tensor:
         """Attention of each photo token over the render tokens, [B, num_heads, 49, 49], rows sum to 1.

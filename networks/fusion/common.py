@@ -1,11 +1,15 @@
-"""Pieces shared by the fusion modules: the map check and If3D's depthwise conv + BN block."""
+"""Pieces shared by the fusion modules: the map check, If3D's depthwise conv + BN block, and what a
+fusion's ``init_passthrough`` returns (:class:`PassThrough`) with the helpers it is built from."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["DepthwiseConvBN", "check_maps"]
+__all__ = ["DepthwiseConvBN", "PassThrough", "check_maps", "copy_pool", "pool_affine", "set_identity"]
 
 
 def check_maps(module: nn.Module, photo_map: Tensor, render_map: Tensor, channels: int, spatial=None) -> None:
@@ -56,3 +60,87 @@ class DepthwiseConvBN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [B, C, H, W] → [B, C, H + 2p − k + 1, W + 2p − k + 1]."""
         return self.bn(self.conv(x))
+
+
+@dataclass(frozen=True)
+class PassThrough:
+    """What a fusion module's ``init_passthrough(pool)`` leaves: where the photo model's pooled feature is.
+
+    After ``init_passthrough``, in eval mode, the photo model's pooled feature ``g = pool(photo_map)``
+    [B, C] (DDAMFN's 7×7 depthwise conv + BN of the attended photo map) is read from the fusion output
+    ``fused`` [B, out_features] as ``g ≈ fused @ weight.T + bias``; equal up to float rounding when
+    ``exact``, an approximation (``note`` says why) otherwise.
+
+    Attributes:
+        weight: [C, out_features] readout.
+        bias: [C].
+        exact: whether the readout reproduces ``g`` on any input.
+        note: one sentence on how the photo passes (and, when not exact, why it cannot).
+        norms: BatchNorm layers set to the identity (name relative to the fusion module → number of leading
+            channels concerned), whose statistics a warm start calibrates on training data
+            (:func:`networks.warmstart.calibrate_passthrough_norms`).
+    """
+
+    weight: Tensor
+    bias: Tensor
+    exact: bool
+    note: str
+    norms: dict[str, int] = field(default_factory=dict)
+
+
+def pool_affine(pool: nn.Module, channels: int, spatial: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A depthwise conv + BN pooling (DDAMFN's ``gdc``) as an affine map, in eval mode.
+
+    ``g[b, c] = scale[c] · Σ_hw kernel[c, hw] · x[b, c, hw] + shift[c]``, with ``scale = γ / sqrt(running_var +
+    ε)`` and ``shift = β − running_mean · scale`` (BatchNorm2d in eval mode, Ioffe & Szegedy 2015).
+
+    Args:
+        pool: module with ``conv`` (depthwise, no bias, weight [C, 1, S, S]) and ``bn`` (BatchNorm2d(C)).
+        channels, spatial: the C and S the caller expects.
+
+    Returns:
+        ``(kernel [C, S·S], scale [C], shift [C])``, float32 on the pool's device.
+
+    Raises:
+        ValueError: the kernel is not [C, 1, S, S].
+    """
+    if tuple(pool.conv.weight.shape) != (channels, 1, spatial, spatial):
+        raise ValueError(f"the photo model's pooling kernel {tuple(pool.conv.weight.shape)} does not fit "
+                         f"{channels} channels of {spatial}×{spatial}")
+    bn = pool.bn
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().float()
+    shift = (bn.bias.detach().float() - bn.running_mean.float() * scale)
+    return pool.conv.weight.detach().float().flatten(1), scale, shift
+
+
+@torch.no_grad()
+def copy_pool(target: DepthwiseConvBN, pool: nn.Module) -> None:
+    """Copy a photo model's 7×7 depthwise pooling (conv weight, BN parameters and running statistics) into
+    ``target``.
+
+    Raises:
+        ValueError: the kernels differ in shape (e.g. a 3×3 fusion block).
+    """
+    if target.conv.weight.shape != pool.conv.weight.shape:
+        raise ValueError(f"the photo model's pooling kernel {tuple(pool.conv.weight.shape)} does not fit the "
+                         f"fusion's {tuple(target.conv.weight.shape)}")
+    target.conv.weight.copy_(pool.conv.weight)
+    target.bn.load_state_dict(pool.bn.state_dict())
+
+
+@torch.no_grad()
+def set_identity(block: DepthwiseConvBN) -> None:
+    """Make a same-size depthwise conv + BN the identity in eval mode: centre tap 1, other taps 0, and
+    ``γ = sqrt(running_var + ε)``, ``β = running_mean`` (so the BN undoes its own normalisation).
+
+    Raises:
+        ValueError: the block does not keep the map size (kernel even, or padding ≠ (k − 1) / 2).
+    """
+    k = block.conv.kernel_size[0]
+    if k % 2 == 0 or block.conv.padding[0] != k // 2:
+        raise ValueError(f"a depthwise {k}×{k} block with padding {block.conv.padding[0]} is no identity")
+    block.conv.weight.zero_()
+    block.conv.weight[:, :, k // 2, k // 2] = 1.0
+    bn = block.bn
+    bn.weight.copy_(torch.sqrt(bn.running_var + bn.eps))
+    bn.bias.copy_(bn.running_mean)

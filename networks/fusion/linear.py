@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from networks.fusion.common import DepthwiseConvBN, check_maps
+from networks.fusion.common import DepthwiseConvBN, PassThrough, check_maps, copy_pool
 from networks.registry import FusionSpec, register_fusion
 
 __all__ = ["LinearFusion"]
@@ -47,3 +47,26 @@ class LinearFusion(nn.Module):
         photo = self.depthwise(photo_map)
         render = self.depthwise(render_map)
         return torch.cat([photo, render], dim=1).flatten(1)
+
+    @torch.no_grad()
+    def init_passthrough(self, pool: nn.Module) -> PassThrough:
+        """Start from a photo model: the shared depthwise 7×7 block becomes the photo model's pooling.
+
+        The first C outputs are then exactly the photo model's pooled feature ``pool(photo_map)``; the
+        render half ``pool(render_map)`` is there too, and the classifier gives it zero weight at first
+        (:meth:`networks.if3d.If3DClassifier.init_passthrough`).
+
+        Args:
+            pool: the photo model's 7×7 depthwise conv + BN (DDAMFN's ``gdc``), kernel [C, 1, 7, 7].
+
+        Returns:
+            :class:`PassThrough` with readout ``[I_C, 0]`` [C, 2C], exact.
+
+        Raises:
+            ValueError: the pooling kernel does not fit.
+        """
+        copy_pool(self.depthwise, pool)
+        c = self.channels
+        weight = torch.cat([torch.eye(c), torch.zeros(c, c)], dim=1)
+        return PassThrough(weight, torch.zeros(c), exact=True,
+                           note="photo half of the concatenation = the photo model's pooled feature")

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from networks.fusion.common import DepthwiseConvBN, check_maps
+from networks.fusion.common import DepthwiseConvBN, PassThrough, check_maps, pool_affine, set_identity
 from networks.registry import FusionSpec, register_fusion
 
 __all__ = ["SPPFusion"]
@@ -53,3 +53,45 @@ class SPPFusion(nn.Module):
         photo = self._pyramid(self.depthwise(photo_map))
         render = self._pyramid(self.depthwise(render_map))
         return torch.cat([photo, render], dim=1)
+
+    @torch.no_grad()
+    def init_passthrough(self, pool: nn.Module) -> PassThrough:
+        """The closest start from a photo model SPP allows: an approximation, not a pass-through.
+
+        **Why exactness is impossible:** the photo model pools the attended map with a learned weighted *sum*
+        over all S×S = 49 positions of each channel; SPP keeps only window *maxima* (1 + 4 + 16 = 21 per channel)
+        after a 3×3 depthwise block, which mixes at most 9 neighbouring positions. Two maps with the same window
+        maxima but different values elsewhere have different weighted sums, so no setting of the 3×3 block and no
+        readout of the pyramid reproduces the photo model's feature on every input.
+
+        **Closest:** the 3×3 block becomes the identity (eval mode), so the finest pyramid level holds the maxima
+        of the attended photo map over its L×L windows (L = max level, 4); the readout gives each window the sum
+        of the photo model's 7×7 kernel weights of the positions it stands for (position (h, w) → window
+        (⌊h·L/S⌋, ⌊w·L/S⌋), which contains it), scaled by its BN. Exact when each channel is constant within
+        each window; the coarser levels and the render half get zero readout weight.
+
+        Args:
+            pool: the photo model's 7×7 depthwise conv + BN (DDAMFN's ``gdc``), kernel [C, 1, S, S].
+
+        Returns:
+            :class:`PassThrough` with readout [C, out_features], ``exact=False``, ``norms`` naming the 3×3 block's BN.
+
+        Raises:
+            ValueError: the pooling kernel is not [C, 1, S, S] for this fusion's C and side.
+        """
+        c, side = self.channels, self.spatial
+        kernel, scale, shift = pool_affine(pool, self.channels, self.spatial)
+        set_identity(self.depthwise)
+        finest = max(self.levels)
+        offset = c * sum(level * level for level in self.levels[: self.levels.index(finest)])
+        cell = torch.arange(side, device=kernel.device) * finest // side  # position → window along one axis
+        window = (cell[:, None] * finest + cell[None, :]).flatten()  # [S·S] window index of each position
+        per_window = torch.zeros(c, finest * finest, device=kernel.device)
+        per_window.index_add_(1, window, kernel * scale[:, None])
+        weight = torch.zeros(c, self.out_features, device=kernel.device)
+        rows = torch.arange(c, device=kernel.device)
+        cols = offset + rows[:, None] * finest * finest + torch.arange(finest * finest, device=kernel.device)
+        weight[rows[:, None], cols] = per_window
+        return PassThrough(weight, shift, exact=False, norms={"depthwise.bn": self.channels},
+                           note=f"approximate: window maxima of the {finest}×{finest} level stand for the photo "
+                                "model's weighted sum over all positions (a max pyramid cannot hold a sum)")
