@@ -68,9 +68,9 @@ def is_loopback(host: str) -> bool:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the server until Ctrl-C or SIGTERM; returns the exit status."""
-    from if3d.app.handlers import AppOptions
-
     args = get_args_parser().parse_args(argv)
+    from if3d.app.handlers import AppOptions  # after the parse: --help loads neither torch nor OpenCV
+
     options = AppOptions(checkpoint=args.checkpoint, min_detection_confidence=args.min_detection_confidence,
                          show_aus=not args.no_aus, max_upload_mb=args.max_upload_mb, max_video_s=args.max_video_s,
                          device=args.device, threads=args.threads)
