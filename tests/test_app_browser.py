@@ -32,8 +32,9 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 HAPPY = "fer2013/test/happy/PublicTest_10130075.jpg"
 VIDEO = "video/1543684773.avi"
-#: seconds the app may take to serve its page, and an analysis its answer (a busy 2-core machine is slow)
-START_S, ANSWER_S = 300, 300
+#: seconds the app may take to serve its page, and the page an answer: bounds for a failure only (on an idle
+#: 2-core machine the app serves in about 10 s and every answer comes in seconds; a busy one is many times slower)
+START_S, ANSWER_S = 1200, 900
 
 
 def _free_port() -> int:
@@ -91,7 +92,7 @@ def page(app, browser, tmp_path):
     url, _ = app
     browser.get_log("performance")  # what earlier tests' pages requested
     browser.get(url)
-    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo-input input[type=file]"))
+    WebDriverWait(browser, ANSWER_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo-input input[type=file]"))
     yield browser
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 0
@@ -133,12 +134,12 @@ def test_photo_shows_class_and_probability_chart(page, data_dir):
 
 def test_video_shows_timing_diagram_and_csv(page, data_dir):
     page.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Video')]").click()
-    WebDriverWait(page, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video-input input[type=file]"))
+    WebDriverWait(page, ANSWER_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video-input input[type=file]"))
     _upload(page, "video-input", data_dir / VIDEO)
     WebDriverWait(page, ANSWER_S).until(lambda d: "done" in _text(d, "video-status") or "⚠" in _text(d, "video-status"))
     assert "expression" in _text(page, "video-status"), _text(page, "video-status")
     timing = page.find_element(By.CSS_SELECTOR, "#video-timing img")
-    WebDriverWait(page, 30).until(lambda d: d.execute_script("return arguments[0].complete && "
+    WebDriverWait(page, ANSWER_S).until(lambda d: d.execute_script("return arguments[0].complete && "
                                                              "arguments[0].naturalWidth", timing))
     links = {a.text.strip(): a.get_attribute("href") for a in page.find_elements(By.CSS_SELECTOR, "#video-files a")
              if a.get_attribute("href")}
@@ -149,7 +150,7 @@ def test_video_shows_timing_diagram_and_csv(page, data_dir):
     assert len(head) == 1 + 67
     assert any(".json" in name for name in links)
     video = page.find_element(By.CSS_SELECTOR, "#video-annotated video")
-    WebDriverWait(page, 60).until(lambda d: d.execute_script("return arguments[0].readyState >= 1", video))
+    WebDriverWait(page, ANSWER_S).until(lambda d: d.execute_script("return arguments[0].readyState >= 1", video))
     assert page.execute_script("return arguments[0].videoWidth", video) > 0  # the browser decodes it
 
 
