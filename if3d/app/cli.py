@@ -115,8 +115,10 @@ def _serve(args, options, root: Path) -> int:
         app.launch(server_name=args.host, server_port=args.port, share=False, show_error=False, ssr_mode=False,
                    max_file_size=int(options.max_upload_mb * 1e6), allowed_paths=[str(root / "work")],
                    mcp_server=False, pwa=False, inbrowser=False)
-    except OSError as e:
-        print(f"error: {args.host}:{args.port}: {e}", file=sys.stderr)
+    except OSError as e:  # Gradio's "Cannot find empty port", or an address that is not this computer's
+        print(f"error: {args.host}:{args.port}: cannot listen there (the port is in use, or the address is not "
+              f"this computer's); choose another --port or --host ({e.strerror or type(e).__name__})",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass
