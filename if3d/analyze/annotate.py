@@ -3,7 +3,8 @@ for videos merged side by side with the timing diagram and its moving cursor.
 
 The annotated video is a second pass over the input (the timing diagram needs the whole, smoothed time
 course): frames are decoded again one at a time, drawn, and written with OpenCV's FFmpeg writer (MPEG-4
-Part 2, ``mp4v``, at the input's frame rate), one output frame per input frame. It is written to a temporary
+Part 2, ``mp4v``, at the input's frame rate; a browser plays neither it nor OpenCV-written H.264, so the web
+app asks for VP8 in WebM, ``fourcc="VP80"``), one output frame per input frame. It is written to a temporary
 name and moved into place when complete (:func:`if3d.atomic.atomic_write`), so an interrupted run never
 leaves a partial video under the final name.
 """
@@ -169,17 +170,18 @@ def write_annotated_image(path: str | os.PathLike, image_rgb: np.ndarray, result
 
 def write_annotated_video(path: str | os.PathLike, video: str | os.PathLike, result: AnalysisResult,
                           title: str = "", progress: bool = False, renderer: FaceRenderer | None = None,
-                          render_dir: Path | None = None) -> int:
+                          render_dir: Path | None = None, fourcc: str = "mp4v") -> int:
     """Write the annotated video: the input's frames with the faces drawn | the timing diagram with a cursor.
 
     Args:
-        path: the output ``.mp4``.
+        path: the output video; its suffix picks the container (``.mp4``; ``.webm`` for VP8).
         video: the input video (decoded again, frame by frame).
         result: its analysis.
         title: the timing diagram's title.
         progress: show a progress bar.
         renderer: draws each face's 3D render beside it (None: no renders).
         render_dir: also write each render to ``<render_dir>/<frame:06d>_<face_id>.png``.
+        fourcc: the codec, as OpenCV's four characters (``mp4v`` MPEG-4 Part 2; ``VP80`` VP8, which browsers play).
 
     Returns:
         Frames written (the input's decoded frame count).
@@ -212,12 +214,12 @@ def write_annotated_video(path: str | os.PathLike, video: str | os.PathLike, res
 
     def write(tmp: str) -> None:
         nonlocal written
-        # OpenCV picks the container from the file name: write "<tmp>.mp4", then move it onto the temporary
+        # OpenCV picks the container from the file name: write "<tmp>.mp4" (or .webm), then move it onto the temporary
         # (a run killed outright leaves it; the command line removes it next time, by its dead pid)
-        inner = f"{tmp}.mp4"
-        writer = cv2.VideoWriter(inner, cv2.VideoWriter_fourcc(*"mp4v"), source.fps, (frame_w + panel_w, panel_h))
+        inner = f"{tmp}{Path(path).suffix or '.mp4'}"
+        writer = cv2.VideoWriter(inner, cv2.VideoWriter_fourcc(*fourcc), source.fps, (frame_w + panel_w, panel_h))
         if not writer.isOpened():
-            raise OSError(f"{path}: OpenCV's MPEG-4 video writer did not open")
+            raise OSError(f"{path}: OpenCV's {fourcc} video writer did not open")
         try:
             for fr in source:
                 idx = rows_of.get(fr.index, np.zeros(0, np.int64))
