@@ -128,6 +128,10 @@ def test_a_video_model_exports_with_a_dynamic_frame_axis(tmp_path, photos):
     with torch.no_grad():
         ref, got = model(clip, mask).logits, exported(clip, mask).logits
     assert float((got - ref).abs().max()) <= 1e-4
+    from if3d.video import _load
+
+    with pytest.raises(ValueError, match="not the frame attention weights"):
+        _load(str(tmp_path / "video.onnx"), "cpu")
 
 
 def test_spp_pooling_for_the_export_is_adaptive_max_pooling():
@@ -202,15 +206,21 @@ def test_a_file_named_onnx_that_is_no_model_is_exit_2_naming_it(content, default
 
 def test_the_test_script_and_the_analysis_run_an_exported_model(default_onnx, tmp_path, photos, data_dir, capsys):
     import csv
+    import shutil
 
     from if3d.analyze.cli import run as analyze
     from if3d.analyze.models import ExpressionModel
     from if3d.evaluate import run
 
+    split = tmp_path / "split"  # explicit folders <label index>/<file>, AffectNet-8 order (Neutral 0 … Angry 6)
+    for index, name in enumerate(["neutral", "happy", "sad", "surprise", "fear", "disgust", "angry"]):
+        (split / str(index)).mkdir(parents=True)
+        for f in sorted((photos / name).iterdir())[:4]:
+            shutil.copy(f, split / str(index) / f.name)
     preds = {}
     for name, ckpt in (("pth", "default"), ("onnx", str(default_onnx))):
         out = tmp_path / name
-        assert run(["--checkpoint", ckpt, "--photos", str(photos), "--max-samples", "24", "--workers", "0",
+        assert run(["--checkpoint", ckpt, "--photos", str(split), "--max-samples", "24", "--workers", "0",
                     "--out", str(out)]) == 0
         preds[name] = [(r["path"], r["prediction"]) for r in csv.DictReader(open(out / "predictions.csv"))]
     assert preds["onnx"] == preds["pth"]
