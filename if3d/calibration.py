@@ -112,6 +112,9 @@ def calibrate_checkpoint(
     out = Path(out)
     if out.exists() and out.resolve() == src.resolve():
         raise ValueError(f"{out}: the calibrated checkpoint must not overwrite its input")
+    if src.suffix.lower() == ".onnx":
+        raise ValueError(f"{src}: an exported ONNX model is calibrated through its PyTorch checkpoint: calibrate that, "
+                         "then export it again (python -m if3d.export)")
     ckpt = load_checkpoint(src)
     model, _ = build_model_from_checkpoint(src)
     old = getattr(model, "inference_policy", None) or InferencePolicy()

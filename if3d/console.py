@@ -3,8 +3,9 @@
 Each command runs as a console script (``pip install -e .`` puts them on PATH) and in its older form, with
 the same options and exit statuses: ``if3d-test`` (``affectnet_fusion_test.py``, :mod:`if3d.evaluate`),
 ``if3d-render`` (``Smirk_batch_Render.py``, :mod:`if3d.render.cli`), ``if3d-analyze``, ``if3d-crossval``,
-``if3d-video``, ``if3d-compare3d``, ``if3d-train`` and ``if3d-convert`` (``python -m if3d.analyze``,
-``if3d.crossval``, ``if3d.video``, ``if3d.compare3d``, ``if3d.train``, ``if3d.data``).
+``if3d-video``, ``if3d-compare3d``, ``if3d-train``, ``if3d-convert`` and ``if3d-export`` (``python -m
+if3d.analyze``, ``if3d.crossval``, ``if3d.video``, ``if3d.compare3d``, ``if3d.train``, ``if3d.data``,
+``if3d.export``).
 
 ``--help`` only builds the parser: the command modules import torch, OpenCV, MediaPipe, matplotlib and
 pandas inside the functions that do the work, so help comes back at once. The options speak one vocabulary:

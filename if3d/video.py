@@ -48,6 +48,10 @@ def _load(checkpoint: str, device: str):
 
     info = init_distributed(device)
     model, report = build_model_from_checkpoint(checkpoint)
+    if report.source == "onnx":
+        raise ValueError(f"{checkpoint}: an exported ONNX model gives the clip's logits only, not the frame attention "
+                         "weights this command writes; give its PyTorch checkpoint (the test script evaluates the "
+                         "ONNX file)")
     if "clip" not in getattr(model, "input_streams", ()):
         raise ValueError(f"{checkpoint}: a {type(model).__name__} is not a video model (fan_self, fan_relation, "
                          "fan_baseline)")

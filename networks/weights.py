@@ -437,6 +437,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointFormatError(f"{path}: an ONNX model holds no PyTorch weights to load into a model; "
+                                    "networks.build_model_from_checkpoint runs it with ONNX Runtime")
     spath = str(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
@@ -612,7 +615,10 @@ def build_model_from_checkpoint(
     * ``if3d``: ``create_model(*networks.if3d.infer_if3d_config(state_dict))``;
     * ``mfn_module``: a full :class:`~networks.mixedfeaturenet.MixedFeatureNet` (with embedding head
       when the file has one);
-    * a registered foreign source with a builder (:func:`register_weight_source`): the model it names.
+    * a registered foreign source with a builder (:func:`register_weight_source`): the model it names;
+    * a ``.onnx`` file written by ``python -m if3d.export``: an :class:`~networks.onnx_runtime.OnnxModel` that runs
+      it with ONNX Runtime (same inputs, ``logits`` [B, C] and valence/arousal when exported; report source
+      ``"onnx"``; ``strict`` and ``map_location`` do not apply).
 
     Raises:
         CheckpointFormatError: a bare state dict (no model description), or keys that do not allow
@@ -620,6 +626,10 @@ def build_model_from_checkpoint(
     """
     from networks.registry import create_model
 
+    if resolve_checkpoint(path).suffix.lower() == ".onnx":
+        from networks.onnx_runtime import load_onnx_model
+
+        return load_onnx_model(resolve_checkpoint(path))
     ckpt = read_checkpoint(path, map_location=map_location)
     sd = ckpt.state_dict
     if ckpt.source == "if3d-toolkit":

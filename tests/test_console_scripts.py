@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 COMMANDS = ("if3d-test", "if3d-render", "if3d-analyze", "if3d-crossval", "if3d-video", "if3d-compare3d", "if3d-ensemble",
-            "if3d-train", "if3d-app")
+            "if3d-train", "if3d-app", "if3d-export")
 #: What no command's help may load.
 HEAVY = ("torch", "mediapipe", "cv2", "matplotlib", "pandas")
 #: Most CPU seconds a ``--help`` may take.

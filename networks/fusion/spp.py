@@ -10,7 +10,25 @@ from torch import Tensor
 from networks.fusion.common import DepthwiseConvBN, PassThrough, check_maps, pool_affine, set_identity
 from networks.registry import FusionSpec, register_fusion
 
-__all__ = ["SPPFusion"]
+__all__ = ["SPPFusion", "adaptive_max_pool_bins"]
+
+
+def adaptive_max_pool_bins(x: Tensor, level: int) -> Tensor:
+    """``F.adaptive_max_pool2d(x, level)`` written as maxima over its bins, for the ONNX export.
+
+    PyTorch's adaptive pooling bin ``i`` of a side ``S`` spans ``[floor(i·S/l), ceil((i+1)·S/l))``; here ``S`` is
+    read as a constant, the form torch's ONNX exporters take (they cannot export adaptive max pooling of a map
+    whose side is not static, which it is not once the batch axis is dynamic). The maxima are the same numbers.
+
+    Shapes: x [B, C, H, W] → [B, C, level, level].
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    rows = []
+    for i in range(level):
+        r0, r1 = (i * h) // level, -(-(i + 1) * h // level)
+        cols = [x[..., r0:r1, (j * w) // level:-(-(j + 1) * w // level)].amax(dim=(-2, -1)) for j in range(level)]
+        rows.append(torch.stack(cols, dim=-1))
+    return torch.stack(rows, dim=-2)
 
 
 @register_fusion(
@@ -46,7 +64,8 @@ class SPPFusion(nn.Module):
         self.out_features = 2 * channels * sum(level * level for level in self.levels)
 
     def _pyramid(self, x: Tensor) -> Tensor:
-        return torch.cat([F.adaptive_max_pool2d(x, level).flatten(1) for level in self.levels], dim=1)
+        pool = adaptive_max_pool_bins if torch.onnx.is_in_onnx_export() else F.adaptive_max_pool2d
+        return torch.cat([pool(x, level).flatten(1) for level in self.levels], dim=1)
 
     def forward(self, photo_map: Tensor, render_map: Tensor) -> Tensor:
         check_maps(self, photo_map, render_map, self.channels, self.spatial)
