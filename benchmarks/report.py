@@ -150,18 +150,25 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: str | os.PathLike, report: dict) -> None:
-    """Replace the generated block of ``path`` with the tables of ``report`` (atomically)."""
+def update_block(path: str | os.PathLike, begin: str, end: str, body: str) -> None:
+    """Replace what lies between the marker lines ``begin`` and ``end`` of ``path`` with ``body`` (atomically),
+    appending the markers and ``body`` when they are absent; the rest of the file is left untouched. Each
+    benchmark command has its own pair of markers, so several generated blocks live in one RESULTS.md."""
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n\n"
-    block = f"{BEGIN}\n\n{render_markdown(report)}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    block = f"{begin}\n\n{body}\n{end}"
+    if begin in text and end in text.split(begin, 1)[1]:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write_text(path, text)
+
+
+def update_markdown(path: str | os.PathLike, report: dict) -> None:
+    """Replace the generated block of ``path`` with the tables of ``report`` (atomically)."""
+    update_block(path, BEGIN, END, render_markdown(report))
 
 
 if __name__ == "__main__":
