@@ -34,7 +34,7 @@ and modification time (ns) of every file under ``photos/<split>/``, ``renders/<s
 ``annotations/<split>.csv`` and ``classes.json``. Opening compares it with the tree on disk and
 refuses a stale cache with :class:`StaleCacheError` naming the added, removed and changed files
 and the exact command that rebuilds it (or rebuilds it when asked). A symbolic link loop in the
-tree is a :class:`~if3d.data.report.DataError` naming the link.
+tree is a :class:`~if3d.io.report.DataError` naming the link.
 
 What the fingerprint cannot see: a file whose content is replaced while its size *and* its
 modification time stay the same (a copy with ``cp -p``/``rsync -t`` of another file of equal size,
@@ -76,7 +76,7 @@ from torch.utils.data import Dataset
 
 from if3d.atomic import atomic_write, remove_stale_temporaries
 from if3d.data.layout import is_image_file
-from if3d.data.report import DataError
+from if3d.io.report import DataError
 from if3d.outputs import OutputError, check_apart, write_error
 
 log = logging.getLogger(__name__)
