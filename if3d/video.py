@@ -172,7 +172,7 @@ def predict_videos(checkpoint: str, videos: Sequence[str], *, fps: float | None 
 
     Raises:
         ValueError: not a video model, a model that needs renders, or a video without any face.
-        if3d.data.report.DataError: a video that cannot be decoded.
+        if3d.io.report.DataError: a video that cannot be decoded.
     """
     import torch
     from torchvision.transforms.v2 import functional as TF

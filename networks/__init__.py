@@ -34,6 +34,7 @@ from networks.registry import (
     register_backbone,
     register_criterion,
     register_fusion,
+    register_fusion_model,
     register_model,
 )
 from networks.safe_pickle import UnsafePickleError
@@ -45,6 +46,9 @@ from networks.weights import (
     load_weights,
     register_weight_source,
 )
+
+# the model if3d_<strategy> of every fusion strategy is the two-stream If3DNet built with that strategy
+register_fusion_model(If3DNet)
 
 # 3D face models (landmarks, voxels, distance maps, FLAME) and the landmark stream beside the photo
 from networks import face3d  # noqa: E402, F401, I001  isort: skip
@@ -87,6 +91,7 @@ __all__ = [
     "register_backbone",
     "register_criterion",
     "register_fusion",
+    "register_fusion_model",
     "register_model",
     "register_weight_source",
 ]

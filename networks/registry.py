@@ -47,6 +47,7 @@ __all__ = [
     "register_backbone",
     "register_criterion",
     "register_fusion",
+    "register_fusion_model",
     "register_model",
 ]
 
@@ -289,6 +290,23 @@ class FusionSpec:
 
 
 _FUSIONS: Registry[type[nn.Module]] = Registry("fusion strategy")
+_FUSION_MODEL: list[Callable[..., nn.Module]] = []
+
+
+def register_fusion_model(model: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Name the two-stream model that every fusion strategy is built into: ``model(strategy, **kwargs)``.
+
+    ``networks`` names :class:`~networks.if3d.If3DNet` when it is imported; the registry itself imports no
+    model (the models import the registry). Usable as a decorator; the last one named is used.
+    """
+    _FUSION_MODEL[:] = [model]
+    return model
+
+
+def _fusion_model() -> Callable[..., nn.Module]:
+    if not _FUSION_MODEL:
+        raise LookupError("no two-stream model is registered for the fusion strategies: import networks first")
+    return _FUSION_MODEL[0]
 
 
 def register_fusion(name: str, spec: FusionSpec | None = None):
@@ -297,7 +315,8 @@ def register_fusion(name: str, spec: FusionSpec | None = None):
     The class is built as ``cls(channels=C, spatial=S, **fusion_kwargs)`` and must set
     ``out_features``; ``forward(photo_map [B,C,S,S], render_map [B,C,S,S]) -> [B, out_features]``.
     After registration ``networks.create_model("if3d_<name>")`` builds the two-stream
-    :class:`~networks.if3d.If3DNet` with it, and the training and test commands accept it.
+    model named by :func:`register_fusion_model` (:class:`~networks.if3d.If3DNet`) with it, and the training
+    and test commands accept it.
 
     Raises:
         ValueError: the fusion or the model name is already registered.
@@ -309,9 +328,7 @@ def register_fusion(name: str, spec: FusionSpec | None = None):
         final = spec.final_checkpoint or f"{name.capitalize()}Fusion.pth"
 
         def builder(**kwargs: Any) -> nn.Module:
-            from networks.if3d import If3DNet  # the two-stream family is defined on top of the registry
-
-            return If3DNet(name, **kwargs)
+            return _fusion_model()(name, **kwargs)
 
         builder.__name__ = f"if3d_{name}"
         builder.__doc__ = (f"If3D two-stream model with the {name!r} fusion ({cls.__name__}); keyword arguments "

@@ -199,7 +199,7 @@ def test_a_fusion_model_gets_renders_aligned_with_its_crops(data_dir, tmp_path):
     from if3d.analyze import Analyzer
     from if3d.analyze.faces import FaceDetector
     from if3d.data.converters.align import alignment_matrix
-    from if3d.data.images import decode_image
+    from if3d.io.images import decode_image
 
     ckpt = _checkpoint(tmp_path / "linear.pth", "if3d_linear", num_classes=7)
     image = data_dir / "wild" / "uncropped" / "Adam_Mair_0001.jpg"

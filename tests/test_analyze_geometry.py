@@ -10,8 +10,8 @@ import pytest
 from if3d.analyze import au_geometry as geo
 from if3d.analyze.emfacs import emfacs_expressions
 from if3d.analyze.faces import FaceDetector
-from if3d.data.images import decode_image
-from if3d.render.mediapipe_backend import head_pose
+from if3d.face.pose import head_pose
+from if3d.io.images import decode_image
 
 PER_CLASS = 30
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 import networks
 from if3d.data.au import AUDataset, convert_bp4d, convert_disfa, read_intensity_file
-from if3d.data.report import DataError
+from if3d.io.report import DataError
 from if3d.outputs import OutputError
 
 TINY = "tiny_au_test"

@@ -304,7 +304,7 @@ def test_stale_hint_is_the_command_that_rebuilds_it(tree, capsys):
 @pytest.mark.parametrize("loop", ["file_to_itself", "folder_to_parent"])
 def test_symbolic_link_loop_is_an_error_naming_the_link(tree, capsys, loop):
     from if3d.data.__main__ import main as data_main
-    from if3d.data.report import DataError
+    from if3d.io.report import DataError
 
     folder = tree / "photos" / "train" / "1"
     link = folder / ("loop.jpg" if loop == "file_to_itself" else "up")

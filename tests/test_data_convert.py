@@ -252,7 +252,7 @@ def test_fer2013_csv_cut_off_and_wrong_sized_rows_are_bad_rows(data_dir, tmp_pat
 
 def test_non_utf8_text_inputs_name_the_file(data_dir, tmp_path):
     from if3d.data.layout import read_annotations
-    from if3d.data.report import DataError, DataReport
+    from if3d.io.report import DataError, DataReport
     from if3d.render.batch import read_manifest
 
     blob, _ = _fer_csv_bytes(data_dir, [])
@@ -802,7 +802,7 @@ def test_csv_format_counts_every_row_it_cannot_use(data_dir, tmp_path, capsys):
 
 
 def test_csv_format_columns_and_options(data_dir, tmp_path):
-    from if3d.data.report import DataError
+    from if3d.io.report import DataError
 
     img = sorted((data_dir / "wild" / "images").iterdir())[0]
     src = tmp_path / "src"

@@ -198,8 +198,8 @@ def test_the_split_table_is_cached_reused_and_rebuilt_when_a_parameter_file_chan
 
 
 def test_samples_without_render_parameters_are_an_error_or_a_counted_skip(fer_root, tmp_path):
-    from if3d.data.report import DataError
     from if3d.data.source import SplitSource, open_split
+    from if3d.io.report import DataError
 
     root = tmp_path / "copy"
     shutil.copytree(fer_root, root, ignore=shutil.ignore_patterns("cache"))

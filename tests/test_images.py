@@ -1,4 +1,4 @@
-"""The one image decoder (if3d.data.images.decode_image) on real faces stored in every mode, and on broken files."""
+"""The one image decoder (if3d.io.images.decode_image) on real faces stored in every mode, and on broken files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from if3d.data import CorruptImageError
 from if3d.data.dataset import read_image
-from if3d.data.images import decode_image
+from if3d.io.images import decode_image
 from if3d.render.batch import read_photo
 
 

@@ -412,7 +412,7 @@ def test_unwritable_output_stops_the_run_with_the_file_named(data_dir, tmp_path,
 
 
 def test_mediapipe_log_lines_are_kept_out_of_stderr_and_ours_are_not(data_dir, tmp_path, capfd):
-    from if3d.render.landmarks import quiet_native_logs
+    from if3d.face.landmarks import quiet_native_logs
 
     src = tmp_path / "photos"
     src.mkdir()

@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from if3d.face.landmarks import FaceLandmarker, apply_affine_continuous, smirk_crop_matrix
+from if3d.face.pose import head_pose
+from if3d.face.topology import boundary_loops, face_mesh_triangles
 from if3d.render.batch import read_photo
-from if3d.render.landmarks import FaceLandmarker, apply_affine_continuous, smirk_crop_matrix
-from if3d.render.mediapipe_backend import MediaPipeBackend, frame_photo, head_pose
-from if3d.render.topology import boundary_loops, face_mesh_triangles
+from if3d.render.mediapipe_backend import MediaPipeBackend, frame_photo
 
 SIZE = 112
 PER_CLASS = 20

@@ -8,9 +8,9 @@ import pytest
 import torch
 from synthetic_smirk import cached_synthetic_checkpoint, cached_synthetic_flame
 
+from if3d.face.landmarks import FaceLandmarker
 from if3d.render.backends import RenderBackend, get_backend
 from if3d.render.gl import MeshRenderer
-from if3d.render.landmarks import FaceLandmarker
 from if3d.render.smirk_backend import (
     CROP_SIZE,
     SmirkBackend,

@@ -18,8 +18,8 @@ from if3d.data.__main__ import main as data_main
 from if3d.data.clips import ClipDataset, collate_clips, sample_segment_frames
 from if3d.data.converters import video as video_conv
 from if3d.data.converters.video import emotion_fan_folds, read_video_frames
-from if3d.data.report import DataError, MissingRenderError
 from if3d.data.transforms import PairedAugment
+from if3d.io.report import DataError, MissingRenderError
 
 
 def _write_video(path: Path, frames: int, fps: float = 30.0, size=(64, 48), value=None) -> Path:

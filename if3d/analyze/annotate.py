@@ -23,7 +23,7 @@ from if3d.analyze.pipeline import AnalysisResult
 from if3d.analyze.sources import VideoSource
 from if3d.analyze.timing import TimingPanel
 from if3d.atomic import atomic_write
-from if3d.render.topology import NUM_MESH_VERTICES
+from if3d.face.topology import NUM_MESH_VERTICES
 
 __all__ = ["FaceRenderer", "annotate_frame", "face_label", "write_annotated_image", "write_annotated_video"]
 

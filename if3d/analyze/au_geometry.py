@@ -9,7 +9,7 @@ mesh fits; their scale is heuristic. For intensities calibrated on FACS-coded da
 
 **Pose normalisation.** Landmarks (x right, y down, z away from the camera, pixels) are turned into the
 view frame (x right, y up, z toward the camera), centred on the centroid of the 468 mesh points and
-rotated into the face frame of :func:`if3d.render.mediapipe_backend.head_pose` (x toward the subject's
+rotated into the face frame of :func:`if3d.face.pose.head_pose` (x toward the subject's
 left, y up, z forward): ``q = Rᵀ (p − c)``. Every length is then divided by the inter-ocular distance
 **IOD** (between the two eye centres, each the mid-point of its corners 33/133 and 362/263), so the
 features below are in IOD units (about 6 cm on an adult), independent of distance to the camera and of
@@ -79,7 +79,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from if3d.render.topology import NUM_MESH_VERTICES
+from if3d.face.topology import NUM_MESH_VERTICES
 
 __all__ = [
     "FEATURES",
@@ -158,7 +158,7 @@ def face_frame(landmarks: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     Args:
         landmarks: [N, 478, 3] (or [478, 3]) MediaPipe landmarks (x, y in pixels, y down; z MediaPipe's sign).
         rotation: [N, 3, 3] (or [3, 3]) head rotation, face frame → view frame
-            (:func:`if3d.render.mediapipe_backend.head_pose` ``rotation``).
+            (:func:`if3d.face.pose.head_pose` ``rotation``).
 
     Returns:
         float64 [N, 478, 3] (or [478, 3]): x toward the subject's left, y up, z forward, origin at the
@@ -201,7 +201,7 @@ def geometric_features(landmarks: np.ndarray, rotation: np.ndarray) -> np.ndarra
 
     Args:
         landmarks: [N, 478, 3] MediaPipe landmarks (pixels).
-        rotation: [N, 3, 3] head rotations (:func:`if3d.render.mediapipe_backend.head_pose`).
+        rotation: [N, 3, 3] head rotations (:func:`if3d.face.pose.head_pose`).
 
     Returns:
         float64 [N, len(FEATURES)]: IOD units, except ``ear`` (dimensionless).

@@ -30,8 +30,8 @@ def calibrate_population_neutral(folder: str, labels_csv: str, label: str = "neu
     from pathlib import Path
 
     from if3d.analyze.faces import FaceDetector
-    from if3d.data.images import decode_image
-    from if3d.render.mediapipe_backend import head_pose
+    from if3d.face.pose import head_pose
+    from if3d.io.images import decode_image
 
     with open(labels_csv, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
@@ -59,8 +59,8 @@ def emfacs_agreement(folder: str, labels_csv: str) -> dict[str, dict[str, float]
 
     from if3d.analyze.emfacs import emfacs_expressions
     from if3d.analyze.faces import FaceDetector
-    from if3d.data.images import decode_image
-    from if3d.render.mediapipe_backend import head_pose
+    from if3d.face.pose import head_pose
+    from if3d.io.images import decode_image
 
     with open(labels_csv, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))

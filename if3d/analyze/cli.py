@@ -442,8 +442,8 @@ def _device(value: str) -> int | str:
 
 
 def _annotate_images(source, result, folder: Path, write) -> None:
-    from if3d.data.images import decode_image
-    from if3d.data.report import CorruptImageError
+    from if3d.io.images import decode_image
+    from if3d.io.report import CorruptImageError
 
     done = set()
     for frame, path in result.table[["frame", "path"]].drop_duplicates("frame").itertuples(index=False):

@@ -18,7 +18,7 @@ coordinates, the frame spans [0, W] × [0, H]): defined for every face, consiste
 
 Small frames are upsampled so that the short side is at least ``min_side`` (192 px, FaceMesh's input),
 and images in static mode get a black border (a quarter of the short side) so a tightly cropped face
-does not fill the whole frame, as :class:`if3d.render.landmarks.FaceLandmarker` does; landmarks are
+does not fill the whole frame, as :class:`if3d.face.landmarks.FaceLandmarker` does; landmarks are
 mapped back to the frame's pixels.
 
 **Identity across frames** (:class:`FaceTracker`): the boxes of a frame are matched to the tracks of the
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from if3d.render.landmarks import NUM_LANDMARKS, open_graph_quietly, quiet_native_logs
-from if3d.render.topology import NUM_MESH_VERTICES
+from if3d.face.landmarks import NUM_LANDMARKS, open_graph_quietly, quiet_native_logs
+from if3d.face.topology import NUM_MESH_VERTICES
 
 __all__ = ["DETECTORS", "DetectedFace", "FaceDetector", "FaceTracker", "box_iou", "landmark_box"]
 

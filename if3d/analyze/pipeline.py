@@ -21,7 +21,7 @@ Columns (``COLUMNS`` and the functions below give the exact names):
                                face's rank by box area (0 = largest); in a folder of images every image's faces
                                are new faces (numbered on from the previous image's), never one track
 ``face_x0 … face_y1``          box of the 468 mesh landmarks, pixels; ``face_score`` BlazeFace confidence
-``pitch``, ``yaw``, ``roll``   head pose, degrees (:func:`if3d.render.mediapipe_backend.head_pose`)
+``pitch``, ``yaw``, ``roll``   head pose, degrees (:func:`if3d.face.pose.head_pose`)
 ``AU01`` … ``AU43``            AU intensity, 0–5; ``au_source`` says whether geometric or from an AU model;
                                ``AU12_R``/``AU12_L`` unilateral lip corner raise (geometric)
 ``ear``                        eye aspect ratio (Soukupová & Čech 2016)
@@ -58,7 +58,7 @@ from if3d.analyze.faces import FaceDetector, FaceTracker
 from if3d.analyze.smoothing import FILTERS, smooth_track, window_frames
 from if3d.analyze.sources import Frame, open_source
 from if3d.atomic import TMP_SUFFIX
-from if3d.render.landmarks import NUM_LANDMARKS
+from if3d.face.landmarks import NUM_LANDMARKS
 
 __all__ = ["AnalysisInterrupted", "AnalysisResult", "Analyzer", "AnalyzerConfig", "analyze_paths", "au_column",
            "landmark_columns"]
@@ -404,7 +404,7 @@ class _Accumulator:
         self.timings = {"decode": 0.0, "faces": 0.0, "models": 0.0}
 
     def add_frame(self, frame: Frame, detector: FaceDetector) -> None:
-        from if3d.render.mediapipe_backend import head_pose
+        from if3d.face.pose import head_pose
 
         self.frames += 1
         self.size = (frame.image.shape[1], frame.image.shape[0])

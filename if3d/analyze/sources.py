@@ -1,7 +1,7 @@
 """What the analysis reads: an image, a folder of images, a video file, or a camera (record mode).
 
 Every source yields :class:`Frame` objects one at a time, so a video is never held in memory. Images are
-decoded by the toolkit's one decoder (:func:`if3d.data.images.decode_image`: any common format, grey and
+decoded by the toolkit's one decoder (:func:`if3d.io.images.decode_image`: any common format, grey and
 16-bit included, EXIF orientation not applied); videos and cameras by OpenCV (``cv2.VideoCapture``,
 FFmpeg inside the OpenCV wheel).
 
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from if3d.data.layout import IMAGE_EXTENSIONS
-from if3d.data.report import CorruptImageError
+from if3d.io.report import CorruptImageError
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -192,7 +192,7 @@ class ImageFolderSource:
             self.files = [self.path]
 
     def __iter__(self) -> Iterator[Frame]:
-        from if3d.data.images import decode_image
+        from if3d.io.images import decode_image
 
         for i, f in enumerate(self.files):
             try:

@@ -34,7 +34,7 @@ from if3d.data.layout import (
     write_annotations,
     write_subjects,
 )
-from if3d.data.report import DataReport
+from if3d.io.report import DataReport
 
 __all__ = ["build_view"]
 

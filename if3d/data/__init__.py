@@ -3,7 +3,7 @@
 * :mod:`if3d.data.layout` — ``<root>/photos|renders/<split>/<label>/<file>``, annotations, classes.json,
   and If3D's original paths (:func:`if3d_paths`).
 * :mod:`if3d.data.converters` — ``python -m if3d.data convert --format F --src S --out Dataset/NAME``.
-* :mod:`if3d.data.images` — the one image decoder (:func:`decode_image`) of the whole toolkit.
+* :mod:`if3d.io.images` — the one image decoder (:func:`decode_image`) of the whole toolkit.
 * :class:`PairedDataset` — (photo, render, label, valence, arousal, has_va) uint8 samples.
 * :class:`PairedAugment` / :func:`normalize` — batched paired augmentation on any device.
 * :class:`ClassBalancedSampler` — inverse-frequency sampling, DDP-aware.
@@ -23,14 +23,14 @@ _EXPORTS: dict[str, str] = {
     "PRESETS": "if3d.data.transforms",
     "ClassBalancedSampler": "if3d.data.sampler",
     "ClipDataset": "if3d.data.clips",
-    "CorruptImageError": "if3d.data.report",
-    "DataError": "if3d.data.report",
-    "DataReport": "if3d.data.report",
-    "LayoutError": "if3d.data.report",
-    "MissingRenderError": "if3d.data.report",
+    "CorruptImageError": "if3d.io.report",
+    "DataError": "if3d.io.report",
+    "DataReport": "if3d.io.report",
+    "LayoutError": "if3d.io.report",
+    "MissingRenderError": "if3d.io.report",
     "PairedAugment": "if3d.data.transforms",
     "PairedDataset": "if3d.data.dataset",
-    "decode_image": "if3d.data.images",
+    "decode_image": "if3d.io.images",
     "if3d_paths": "if3d.data.layout",
     "load_image": "if3d.data.dataset",
     "normalize": "if3d.data.transforms",

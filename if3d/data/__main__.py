@@ -113,7 +113,7 @@ def _run_check(args) -> int:
     from pathlib import Path
 
     from if3d.data.dataset import PairedDataset
-    from if3d.data.report import DataError
+    from if3d.io.report import DataError
 
     kw = dict(skip_missing_renders=args.skip_missing_renders, verify=args.verify, num_classes=args.num_classes)
     datasets = []

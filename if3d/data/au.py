@@ -54,7 +54,7 @@ import torch
 from torch.utils.data import Dataset
 
 from if3d.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from if3d.data.report import DataError, DataReport
+from if3d.io.report import DataError, DataReport
 
 __all__ = [
     "AU_FILE",
@@ -226,7 +226,7 @@ def read_intensity_file(path: str | os.PathLike, allow_unknown: bool = False) ->
         DataError: a row that is not two numbers, a repeated frame, or an intensity outside 0–5 (the file and
             line are named).
     """
-    from if3d.data.textfiles import open_text
+    from if3d.io.text import open_text
 
     out: dict[int, float] = {}
     with open_text(path, "AU label file") as f:
@@ -317,7 +317,7 @@ class _Writer:
         from if3d.data.converters.align import align_face, detect_landmarks
 
         if self._landmarker is None:
-            from if3d.render.landmarks import FaceLandmarker
+            from if3d.face.landmarks import FaceLandmarker
 
             self._landmarker = FaceLandmarker()
         lm = detect_landmarks(self._landmarker, rgb)
@@ -516,8 +516,8 @@ def convert_bp4d(src: str | os.PathLike, images: str | os.PathLike, out: str | o
     Raises:
         DataError: bad label files, a coded frame without its image (without ``skip_missing``), no label file.
     """
-    from if3d.data.images import decode_image
-    from if3d.data.report import CorruptImageError
+    from if3d.io.images import decode_image
+    from if3d.io.report import CorruptImageError
 
     src, images, out = Path(src), Path(images), Path(out)
     if every < 1:

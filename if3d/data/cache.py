@@ -34,7 +34,7 @@ and modification time (ns) of every file under ``photos/<split>/``, ``renders/<s
 ``annotations/<split>.csv`` and ``classes.json``. Opening compares it with the tree on disk and
 refuses a stale cache with :class:`StaleCacheError` naming the added, removed and changed files
 and the exact command that rebuilds it (or rebuilds it when asked). A symbolic link loop in the
-tree is a :class:`~if3d.data.report.DataError` naming the link.
+tree is a :class:`~if3d.io.report.DataError` naming the link.
 
 What the fingerprint cannot see: a file whose content is replaced while its size *and* its
 modification time stay the same (a copy with ``cp -p``/``rsync -t`` of another file of equal size,
@@ -57,7 +57,6 @@ most a temporary file (:mod:`if3d.atomic`), which is never opened (and is remove
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import logging
@@ -76,9 +75,8 @@ import torch
 from torch.utils.data import Dataset
 
 from if3d.atomic import atomic_write, remove_stale_temporaries
-from if3d.data.cache_cli import add_cli
 from if3d.data.layout import is_image_file
-from if3d.data.report import DataError
+from if3d.io.report import DataError
 from if3d.outputs import OutputError, check_apart, write_error
 
 log = logging.getLogger(__name__)
@@ -764,52 +762,11 @@ def open_cache_if_valid(
         return None
 
 
-# ----------------------------------------------------------------------------- command line
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the ``cache`` subcommand; returns the exit status."""
-    status = 0
-    kwargs = {"skip_missing_renders": True} if args.skip_missing_renders else {}
-    for split in args.split:
-        path = cache_path(args.data, split, args.size, photo_only=args.photo_only, cache_dir=args.cache_dir)
-        if args.check:
-            try:
-                ds = open_cache(args.data, split, args.size, photo_only=args.photo_only, cache_dir=args.cache_dir,
-                                dataset_kwargs=kwargs)
-                print(f"{path}: valid, {len(ds)} samples")
-            except CacheError as e:
-                print(f"{path}: NOT valid: {e}")
-                status = 1
-            continue
-        t0 = time.perf_counter()
-        build_cache(args.data, split, args.size, photo_only=args.photo_only, cache_dir=args.cache_dir,
-                    workers=args.workers, rebuild=args.rebuild, dataset_kwargs=kwargs)
-        ds = CachedPairedDataset(path)
-        mb = path.stat().st_size / 2**20
-        print(f"{path}: {len(ds)} samples, {mb:.1f} MiB, {time.perf_counter() - t0:.1f} s")
-    return status
-
-
-def _standalone(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m if3d.data.cache")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(["cache", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    raise SystemExit(_standalone())
-
-
 __all__: list[str] = [
     "CacheError",
     "CachedPairedDataset",
     "FingerprintDiff",
     "StaleCacheError",
-    "add_cli",
     "build_cache",
     "cache_path",
     "compare_fingerprints",

@@ -1,14 +1,17 @@
-"""The ``cache`` subcommand's options, importable without torch.
+"""The ``cache`` subcommand of ``python -m if3d.data``: its options and its run, importable without torch.
 
 ``python -m if3d.data`` registers every subcommand for every run; the cache module itself
 (:mod:`if3d.data.cache`, which needs torch) is imported only when ``cache`` runs, so that ``convert``,
-``check`` and ``formats`` start in a fraction of the time.
+``check`` and ``formats`` start in a fraction of the time. The command stands above the cache: this module
+imports :mod:`if3d.data.cache`, never the reverse.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 
 __all__ = ["add_cli"]
 
@@ -41,12 +44,30 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
+    """Build (or ``--check``) the cache of every ``--split``; returns the exit status."""
+    from if3d.data.cache import CachedPairedDataset, CacheError, build_cache, cache_path, open_cache
 
-    from if3d.data.cache import CacheError, main
-
+    status = 0
+    kwargs = {"skip_missing_renders": True} if args.skip_missing_renders else {}
     try:
-        return main(args)
+        for split in args.split:
+            path = cache_path(args.data, split, args.size, photo_only=args.photo_only, cache_dir=args.cache_dir)
+            if args.check:
+                try:
+                    ds = open_cache(args.data, split, args.size, photo_only=args.photo_only,
+                                    cache_dir=args.cache_dir, dataset_kwargs=kwargs)
+                    print(f"{path}: valid, {len(ds)} samples")
+                except CacheError as e:
+                    print(f"{path}: NOT valid: {e}")
+                    status = 1
+                continue
+            t0 = time.perf_counter()
+            build_cache(args.data, split, args.size, photo_only=args.photo_only, cache_dir=args.cache_dir,
+                        workers=args.workers, rebuild=args.rebuild, dataset_kwargs=kwargs)
+            ds = CachedPairedDataset(path)
+            mb = path.stat().st_size / 2**20
+            print(f"{path}: {len(ds)} samples, {mb:.1f} MiB, {time.perf_counter() - t0:.1f} s")
     except CacheError as e:  # e.g. the tree changed during the build: one line, exit status 2
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return status

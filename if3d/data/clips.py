@@ -46,8 +46,8 @@ from if3d.data.layout import (
     read_classes,
     render_clips_dir,
 )
-from if3d.data.report import DataError, DataReport, LayoutError, MissingRenderError, format_paths
-from if3d.data.textfiles import open_text
+from if3d.io.report import DataError, DataReport, LayoutError, MissingRenderError, format_paths
+from if3d.io.text import open_text
 
 __all__ = [
     "CLIP_COLUMNS",
@@ -127,7 +127,7 @@ class ClipDataset(Dataset):
     Attributes:
         labels: int64 [N]; class_names; clip_paths: clip folders relative to the clip root;
         frame_names: per clip, its frame file names; subjects: per clip, the subject in ``clips.csv``
-        (None when the dataset has no table); report: :class:`~if3d.data.report.DataReport`.
+        (None when the dataset has no table); report: :class:`~if3d.io.report.DataReport`.
 
     Raises:
         LayoutError: no such split folder, or a bad ``classes.json``/``clips.csv``.

@@ -15,11 +15,11 @@ Images of any size are resized (squashed, as DDAMFN's and If3D's ``Resize((112, 
 antialiasing. Pairing follows If3D: the render of ``<label>/<stem>.<ext>`` is
 ``<render_root>/<label>/<stem>.<any image ext>`` (what ``Smirk_batch_Render.py`` writes).
 
-Bad input (see :class:`~if3d.data.report.DataReport`): cheap checks (extension, size > 0, label folder)
+Bad input (see :class:`~if3d.io.report.DataReport`): cheap checks (extension, size > 0, label folder)
 at index time, every problem counted in ``dataset.report`` and printed as a summary. Photos without a
-render are an error (:class:`~if3d.data.report.MissingRenderError`, listing them) unless
+render are an error (:class:`~if3d.io.report.MissingRenderError`, listing them) unless
 ``skip_missing_renders=True``. Full decode errors surface when a sample is loaded, as a
-:class:`~if3d.data.report.CorruptImageError` naming the file; build with ``verify=True`` to decode every
+:class:`~if3d.io.report.CorruptImageError` naming the file; build with ``verify=True`` to decode every
 image once at construction and skip (and report) the corrupt ones instead. No sample is ever replaced by
 a zero image.
 """
@@ -37,7 +37,6 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from if3d.classes import AFFECTNET8, class_names_for
-from if3d.data.images import decode_image
 from if3d.data.layout import (
     RENDER_SIDE_EXTENSIONS,
     annotations_path,
@@ -47,7 +46,8 @@ from if3d.data.layout import (
     renders_dir,
     scan_label_tree,
 )
-from if3d.data.report import (
+from if3d.io.images import decode_image
+from if3d.io.report import (
     CorruptImageError,
     DataError,
     DataReport,
@@ -64,7 +64,7 @@ _RENDER_EXT_PRIORITY = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff
 
 def read_image(path: str | os.PathLike, min_size: int | None = None) -> torch.Tensor:
     """Decode an image file to an RGB tensor with the toolkit's one decoder
-    (:func:`if3d.data.images.decode_image`: 8/16-bit, grey/RGB/RGBA/palette, EXIF orientation not applied).
+    (:func:`if3d.io.images.decode_image`: 8/16-bit, grey/RGB/RGBA/palette, EXIF orientation not applied).
 
     Args:
         path: any image file Pillow reads (JPEG, PNG, BMP, TIFF, WebP, GIF...).

@@ -30,7 +30,7 @@ the image's right, y up, z toward the camera: MediaPipe's (x, -y, -z)). Then:
   RMS radius first, so the aligned cloud is in its frame and units;
 - without it (the ``mediapipe`` wheels 0.10.x do not ship the model files, only their protobuf classes),
   the face's own anatomical frame is used: the head-pose frame the MediaPipe backend saves
-  (:func:`if3d.render.mediapipe_backend.head_pose`: x from the right to the left eye, up from the lips to
+  (:func:`if3d.face.pose.head_pose`: x from the right to the left eye, up from the lips to
   the eyes), origin at the centroid of the 468 mesh points, scale their RMS distance to it. This removes the
   same three things, but the frame rests on the eyes and lips only, so a strongly opened mouth tilts it by
   a few degrees where the canonical alignment, spread over all 468 points, barely moves.
@@ -54,6 +54,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from if3d.face.pose import head_pose
+from if3d.face.topology import face_mesh_triangles
 
 __all__ = [
     "CANONICAL_FACE_ENV",
@@ -302,8 +305,6 @@ def normalise_landmarks(landmarks: np.ndarray, template: CanonicalFace | None = 
     if template is not None:
         rotation, scale, translation = similarity_transform(mesh, template.vertices)
         return (scale * view @ rotation.T + translation).astype(np.float32)
-    from if3d.render.mediapipe_backend import head_pose
-
     centroid = mesh.mean(0)
     radius = np.sqrt(((mesh - centroid) ** 2).sum(1).mean())
     if not radius > 0:
@@ -404,13 +405,11 @@ def distance_map(clouds: torch.Tensor, indices: Sequence[int] | np.ndarray | Non
 
 @lru_cache(maxsize=1)
 def mesh_edges() -> np.ndarray:
-    """The 1322 undirected edges of MediaPipe's canonical face triangles (:mod:`if3d.render.topology`).
+    """The 1322 undirected edges of MediaPipe's canonical face triangles (:mod:`if3d.face.topology`).
 
     Returns:
         int64 [E, 2] with ``a < b``, sorted. Read-only.
     """
-    from if3d.render.topology import face_mesh_triangles
-
     tri = face_mesh_triangles()
     pairs = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
     out = np.unique(np.sort(pairs, axis=1), axis=0).astype(np.int64)

@@ -52,7 +52,7 @@ from if3d.data.face3d import (
     flame_expression,
     normalise_landmarks,
 )
-from if3d.data.report import DataError
+from if3d.io.report import DataError
 
 __all__ = ["FORMAT_VERSION", "Face3DTable", "build_table", "open_table", "params_fingerprint", "table_path"]
 

@@ -36,8 +36,8 @@ from torch.utils.data import Dataset, default_collate
 
 from if3d.data.face3d import canonical_face, distance_map, voxel_occupancy
 from if3d.data.face3d_cache import Face3DTable, open_table, table_path
-from if3d.data.report import DataError, DataReport, format_paths
 from if3d.data.source import IMAGE_STREAMS, SplitSource, Subset, register_stream_reader, supports_batches
+from if3d.io.report import DataError, DataReport, format_paths
 
 __all__ = ["FACE3D_STREAMS", "VOXEL_RESOLUTIONS", "Face3DStreamDataset", "open_face3d_table"]
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from if3d.atomic import atomic_write_json, atomic_write_text
-from if3d.data.report import DataReport, LayoutError
-from if3d.data.textfiles import open_text
+from if3d.io.report import DataReport, LayoutError
+from if3d.io.text import open_text
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

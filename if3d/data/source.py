@@ -184,7 +184,7 @@ def open_split(
 
     Raises:
         ValueError: a model that needs renders on a split without them, or a stream no reader provides.
-        FileNotFoundError, if3d.data.report.DataError: missing or bad files (the message names them).
+        FileNotFoundError, if3d.io.report.DataError: missing or bad files (the message names them).
         if3d.data.cache.StaleCacheError: a cache exists but its source files changed (rebuild it).
     """
     if any(s in CLIP_STREAMS for s in streams):

@@ -120,7 +120,7 @@ class SplitSource:
         trained on it.
 
         Raises:
-            if3d.data.report.LayoutError: a canonical root without a readable ``classes.json``.
+            if3d.io.report.LayoutError: a canonical root without a readable ``classes.json``.
         """
         from if3d.data.au import is_au_dataset, read_au_info
 

@@ -29,7 +29,7 @@ _BACKENDS: dict[str, Callable[..., RenderBackend]] = {}
 
 FRAMINGS = ("photo", "smirk-crop")
 """``photo``: the render is pixel-aligned with the photo resized to size x size.
-``smirk-crop``: SMIRK's input crop (``landmarks.smirk_crop_matrix``) resized to size x size."""
+``smirk-crop``: SMIRK's input crop (:func:`if3d.face.landmarks.smirk_crop_matrix`) resized to size x size."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ input as it was when it was processed:
   that differ only in extension (``a.jpg``, ``a.png``) would share an output stem: the later one in
   sorted order is an ``error``.
 
-Photos are decoded by the toolkit's one image decoder (:func:`if3d.data.images.decode_image`, the one
+Photos are decoded by the toolkit's one image decoder (:func:`if3d.io.images.decode_image`, the one
 the dataset uses: 8/16-bit, grey/RGB/RGBA/palette to RGB, EXIF orientation not applied).
 
 Resumable: a re-run skips inputs whose manifest row is ``ok`` (with both output files present) or
@@ -59,6 +59,9 @@ import cv2
 import numpy as np
 
 from if3d.atomic import atomic_write_bytes, remove_stale_temporaries
+from if3d.io.images import decode_image
+from if3d.io.report import CorruptImageError
+from if3d.io.text import open_text
 from if3d.outputs import MARKER_NAME, OutputError, is_fatal_write_error, prepare_output_dir, write_error
 
 STATUSES = ("ok", "no_face", "unreadable", "error")
@@ -137,14 +140,12 @@ def encode_npz(params: dict[str, np.ndarray]) -> bytes:
 
 def read_photo(path: str | os.PathLike) -> np.ndarray:
     """Decode a photo file to uint8 [H, W, 3] RGB with the toolkit's one decoder
-    (:func:`if3d.data.images.decode_image`: 8/16-bit, grey/RGB/RGBA/palette; EXIF orientation not applied),
+    (:func:`if3d.io.images.decode_image`: 8/16-bit, grey/RGB/RGBA/palette; EXIF orientation not applied),
     so that a render is made from exactly the pixels the dataset later loads as its photo.
 
     Raises:
         CorruptImageError: not an image, empty, truncated or corrupt; the message names the file.
     """
-    from if3d.data.images import decode_image
-
     return decode_image(path)
 
 
@@ -153,7 +154,7 @@ def read_manifest(path: Path) -> dict[str, tuple[str, str]]:
 
     Raises:
         ValueError: when the file exists but lacks the expected columns, or is not UTF-8 text
-            (``if3d.data.textfiles.NotUtf8Error``, naming the file and line).
+            (``if3d.io.text.NotUtf8Error``, naming the file and line).
     """
     return {rel: (row[0], row[1]) for rel, row in read_manifest_rows(path).items()}
 
@@ -169,8 +170,6 @@ def read_manifest_rows(path: Path) -> dict[str, ManifestRow]:
     Raises:
         ValueError: as :func:`read_manifest`.
     """
-    from if3d.data.textfiles import open_text
-
     if not path.exists():
         return {}
     with open_text(path, "render manifest") as fh:
@@ -302,8 +301,6 @@ Result = tuple[str, str, str, "int | None", "int | None", int]
 
 def _process_one(backend, input_root: Path, output_root: Path, rel: str) -> Result:
     """Render one input; raises ``OutputError`` when the output folder cannot be written at all."""
-    from if3d.data.report import CorruptImageError
-
     png_path, npz_path = _output_paths(output_root, rel)
     stat = _input_stat(input_root / rel)  # before reading: a change while reading shows at the next run
     size, mtime_ns = stat if stat is not None else (None, None)

@@ -4,7 +4,7 @@ Follows SMIRK (Retsinas et al., CVPR 2024; official ``demo.py``, ``src/FLAME/FLA
 ``src/renderer/renderer.py``; facts in ``../shared/docs/SMIRK.md``):
 
 1. MediaPipe FaceMesh landmarks (``FaceLandmarker``) give SMIRK's crop: the landmarks' box enlarged
-   1.4x, a similarity warp to 224x224 (``landmarks.smirk_crop_matrix``, bilinear, black outside).
+   1.4x, a similarity warp to 224x224 (``if3d.face.landmarks.smirk_crop_matrix``, bilinear, black outside).
 2. The encoder (``networks.smirk.SmirkEncoder``, RGB in [0, 1]) regresses FLAME shape (300),
    expression (50), global pose (3), jaw (3), eyelids (2) and an orthographic camera (scale, tx, ty).
 3. FLAME (``networks.smirk.FLAME``) gives the 5023 vertices.
@@ -35,7 +35,7 @@ eyelid_params       float32 [2]      eyelid closure (left, right) in [0, 1]
 cam                 float32 [3]      orthographic camera (scale, tx, ty) of the 224 crop (see 4.)
 landmarks           float32 [478,3]  MediaPipe landmarks in photo pixels (``FaceLandmarker.detect``)
 crop_matrix         float32 [2,3]    SMIRK's crop: photo → 224x224 crop, pixel-centre convention
-                                     (``cv2.warpAffine`` matrix, ``landmarks.smirk_crop_matrix``)
+                                     (``cv2.warpAffine`` matrix, ``smirk_crop_matrix``)
 image_size          int32 [2]        (height, width) of the photo
 image_to_render     float32 [2,3]    affine map photo → render pixels, continuous coordinates
                                      (pixel (i, j) covers [j, j+1) x [i, i+1))
@@ -52,9 +52,9 @@ import cv2
 import numpy as np
 import torch
 
+from if3d.face.landmarks import FaceLandmarker, smirk_crop_matrix
 from if3d.render.backends import FRAMINGS, RenderResult, register_backend
 from if3d.render.gl import MeshRenderer
-from if3d.render.landmarks import FaceLandmarker, smirk_crop_matrix
 
 CROP_SIZE = 224
 """SMIRK's input crop side (pixels); the camera's [-1, 1]^2 spans this crop."""

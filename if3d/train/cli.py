@@ -216,7 +216,7 @@ def run(argv: Sequence[str] | None = None, default_model: str = "if3d_linear") -
     cfg = config_from_args(argv, default_model)  # before the engine's imports: --help needs none of them
     from if3d.checkpoint import CheckpointError
     from if3d.data.cache import CacheError
-    from if3d.data.report import DataError
+    from if3d.io.report import DataError
     from if3d.train.engine import DataReadError, NonFiniteLossError, TrainingInterrupted, fit
     from if3d.train.rundir import RunWriteError
     from networks.weights import UnsafePickleError, WeightLoadError

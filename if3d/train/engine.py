@@ -38,8 +38,8 @@ from tqdm import tqdm
 import networks
 from if3d.checkpoint import capture_rng_state, load_checkpoint, make_checkpoint, restore_rng_state
 from if3d.classes import class_names_for
-from if3d.data.report import DataError
 from if3d.data.source import dataset_report, open_split
+from if3d.io.report import DataError
 from if3d.outputs import exclusive_output
 from if3d.runtime.allocator import tune_glibc_malloc
 from if3d.runtime.batches import BatchPreparer, forward_model, unwrap_model

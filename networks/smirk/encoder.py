@@ -154,7 +154,7 @@ class SmirkEncoder(nn.Module):
     values with the BatchNorm statistics).
 
     Input: RGB float [B, 3, 224, 224] in [0, 1], no mean/std normalisation, cropped as SMIRK does
-    (``if3d.render.landmarks.smirk_crop_matrix``). Output: :class:`SmirkParams`.
+    (``if3d.face.landmarks.smirk_crop_matrix``). Output: :class:`SmirkParams`.
     """
 
     input_size = INPUT_SIZE

@@ -27,8 +27,8 @@ import numpy as np
 
 from if3d.classes import AFFECTNET8
 from if3d.data.converters.base import SourceItem, SourceScan, find_file, list_images
-from if3d.data.report import DataError, DataReport
-from if3d.data.textfiles import open_text
+from if3d.io.report import DataError, DataReport
+from if3d.io.text import open_text
 
 _CSV_SPLITS = (("training.csv", "train"), ("validation.csv", "val"))
 _NPY_SPLITS = (("train_set", "train"), ("val_set", "val"))

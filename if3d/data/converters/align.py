@@ -3,7 +3,7 @@
 :func:`align_face` rotates the image about the face so that the line between the eye centres is
 horizontal, then crops a square around the landmark box enlarged by ``margin`` and resizes it to
 ``size`` pixels (a similarity transform, one ``cv2.warpAffine``; outside the image is black).
-Landmarks come from :class:`if3d.render.landmarks.FaceLandmarker` (x, y in continuous input pixels).
+Landmarks come from :class:`if3d.face.landmarks.FaceLandmarker` (x, y in continuous input pixels).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def detect_landmarks(landmarker, image_rgb: np.ndarray, window: float = 0.5) -> 
 
     Args:
         landmarker: an object with ``detect(uint8 [H, W, 3]) -> [478, 3] | None``
-            (:class:`if3d.render.landmarks.FaceLandmarker`).
+            (:class:`if3d.face.landmarks.FaceLandmarker`).
         image_rgb: uint8 [H, W, 3].
 
     Returns:

@@ -1,14 +1,14 @@
 """Shared machinery of the converters: source items, split carving, the atomic writer and the count table.
 
 A converter reads a source dataset into a :class:`SourceScan` (one :class:`SourceItem` per output photo,
-plus a :class:`~if3d.data.report.DataReport` of what it had to skip); :func:`write_dataset` then assigns
+plus a :class:`~if3d.io.report.DataReport` of what it had to skip); :func:`write_dataset` then assigns
 splits (official ones kept; a stratified, seeded validation split carved from ``train`` when the source
 has none), writes the canonical tree into a temporary folder next to ``--out`` and renames it into place
 only when everything is written (so an interrupted conversion never leaves a half-written dataset).
 
 Files that need no change are hard-linked (falling back to a copy across file systems), so already
 aligned datasets convert in seconds; pixel arrays (FER2013's CSV) are written as PNG; crops and aligned
-faces as JPEG (quality 95). Every image is decoded once on the way (:func:`if3d.data.images.verify_image`):
+faces as JPEG (quality 95). Every image is decoded once on the way (:func:`if3d.io.images.verify_image`):
 a source that does not decode is a counted ``corrupt_image`` and is never placed in the output.
 
 Where the output may go is decided by :mod:`if3d.outputs`: never onto, around or inside the source,
@@ -33,7 +33,6 @@ import cv2
 import numpy as np
 
 from if3d.atomic import atomic_copy, atomic_write_bytes, atomic_write_json
-from if3d.data.images import decode_image, verify_image
 from if3d.data.layout import (
     COUNTS_FILE,
     IGNORED_NAMES,
@@ -46,8 +45,10 @@ from if3d.data.layout import (
     write_classes,
     write_subjects,
 )
-from if3d.data.report import CorruptImageError, DataError, DataReport
-from if3d.data.textfiles import open_text
+from if3d.face.landmarks import FaceLandmarker
+from if3d.io.images import decode_image, verify_image
+from if3d.io.report import CorruptImageError, DataError, DataReport
+from if3d.io.text import open_text
 from if3d.outputs import check_replaceable, is_fatal_write_error, replace_dir, write_error, write_marker
 
 JPEG_QUALITY = 95
@@ -212,8 +213,6 @@ _LANDMARKER = None
 def _landmarker():
     global _LANDMARKER
     if _LANDMARKER is None:
-        from if3d.render.landmarks import FaceLandmarker
-
         _LANDMARKER = FaceLandmarker()
     return _LANDMARKER
 

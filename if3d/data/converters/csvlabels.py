@@ -35,8 +35,8 @@ from pathlib import Path
 
 from if3d.classes import AFFECTNET7, AFFECTNET8, canonical_label
 from if3d.data.converters.base import SPLIT_ALIASES, SourceItem, SourceScan
-from if3d.data.report import DataError, DataReport
-from if3d.data.textfiles import open_text
+from if3d.io.report import DataError, DataReport
+from if3d.io.text import open_text
 
 COLUMN_WORDS: dict[str, tuple[str, ...]] = {
     "image": ("image", "img", "file", "filename", "path", "filepath"),

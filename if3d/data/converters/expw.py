@@ -17,7 +17,7 @@ from pathlib import Path
 
 from if3d.classes import AFFECTNET7, canonical_label
 from if3d.data.converters.base import SourceItem, SourceScan, find_file, label_lines
-from if3d.data.report import DataReport
+from if3d.io.report import DataReport
 
 EXPW_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 

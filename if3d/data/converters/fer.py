@@ -30,8 +30,8 @@ import numpy as np
 
 from if3d.classes import AFFECTNET7, AFFECTNET8, canonical_label
 from if3d.data.converters.base import SPLIT_ALIASES, SourceItem, SourceScan, find_file, list_images
-from if3d.data.report import DataError, DataReport
-from if3d.data.textfiles import open_text
+from if3d.io.report import DataError, DataReport
+from if3d.io.text import open_text
 
 FER2013_SIDE = 48
 """FER2013 faces are 48 x 48 grey."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from if3d.classes import AFFECTNET7, AFFECTNET8, canonical_label
 from if3d.data.converters.base import SPLIT_ALIASES, SourceItem, SourceScan, list_images
-from if3d.data.report import DataError, DataReport
+from if3d.io.report import DataError, DataReport
 
 _CK_SUBJECT = re.compile(r"^(S\d+)_", re.IGNORECASE)
 _JAFFE_NAME = re.compile(r"^([A-Za-z]{2})\.([A-Za-z]{2})(\d*)\.(\d+)\.[A-Za-z]+$")

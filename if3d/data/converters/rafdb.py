@@ -14,7 +14,7 @@ from pathlib import Path
 
 from if3d.classes import AFFECTNET7, canonical_label
 from if3d.data.converters.base import SourceItem, SourceScan, find_file, label_lines
-from if3d.data.report import DataReport
+from if3d.io.report import DataReport
 
 RAFDB_CLASSES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
 

@@ -74,7 +74,6 @@ from if3d.data.converters.base import (
     carve_validation,
     format_counts,
 )
-from if3d.data.images import decode_image
 from if3d.data.layout import (
     CLIPS_FILE,
     COUNTS_FILE,
@@ -85,7 +84,8 @@ from if3d.data.layout import (
     clips_dir,
     write_classes,
 )
-from if3d.data.report import CorruptImageError, DataError, DataReport
+from if3d.io.images import decode_image
+from if3d.io.report import CorruptImageError, DataError, DataReport
 from if3d.outputs import check_replaceable, is_fatal_write_error, replace_dir, write_error, write_marker
 
 __all__ = [
