@@ -90,13 +90,16 @@ class Runner:
                                  f"cd {shlex.quote(str(REPO))}"]
         self.timings: dict[str, float] = {}
 
-    def __call__(self, stage: str, cmd: list[str]) -> None:
+    def __call__(self, stage: str, cmd: list[str], ok: tuple[int, ...] = (0,)) -> None:
+        """Run ``cmd``; an exit status outside ``ok`` raises ``subprocess.CalledProcessError``."""
         shown = shlex.join(["python" if c == sys.executable else c for c in cmd])
         print(f"\n$ {shown}", flush=True)
-        self.lines.append(shown)
+        self.lines.append(shown if ok == (0,) else f"{shown} || [ $? -eq {ok[-1]} ]")
         t = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        subprocess.run(cmd, cwd=REPO, env=env, check=True)
+        code = subprocess.run(cmd, cwd=REPO, env=env).returncode
+        if code not in ok:
+            raise subprocess.CalledProcessError(code, cmd)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
         (self.work / "commands.sh").write_text("\n".join(self.lines) + "\n", encoding="utf-8")
 

@@ -202,7 +202,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     return one_line_errors(lambda: calibrate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, out=args.out, flip_average=args.flip_average,
-        half=args.half, batch_size=args.batch_size), interrupted="interrupted; nothing was written")
+        half=args.half, batch_size=args.batch_size) and 0, interrupted="interrupted; nothing was written")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -182,3 +182,12 @@ def test_a_damaged_shipped_file_is_one_line_naming_it(damage, monkeypatch, tmp_p
     err = capsys.readouterr().err
     assert str(broken) in err
     assert "Traceback" not in err
+
+
+def test_the_calibration_command_exits_0_and_writes_the_file(publictest_sample, tmp_path, capsys):
+    from if3d.calibration import run
+
+    out = tmp_path / "cli.pth"
+    assert run(["--checkpoint", "default", "--data", str(publictest_sample), "--split", "val", "--out", str(out)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert torch.load(out, weights_only=True)["calibration"]["split"] == "val"
