@@ -20,14 +20,16 @@ import networks
 from if3d.checkpoint import make_checkpoint, save_checkpoint
 from if3d.train.cli import run
 from networks.fusion.common import DepthwiseConvBN
-from networks.registry import create_fusion, fusion_spec, list_fusions
+from networks.registry import _FUSIONS, create_fusion, fusion_spec, list_fusions
 from networks.warmstart import calibrate_passthrough_norms, warm_start
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_helpers import CLASS_NAMES_7, TINY_BACKBONE, make_dataset  # noqa: E402
 
 CHANNELS, SIDE = 8, 3  # the tiny backbone's map
-STRATEGIES = list_fusions()
+# every registered strategy that can start as the photo model (a plugin registered by another test module, e.g.
+# test_registries' sum_test, has no init_passthrough: the warm start leaves its fusion as it was, tested below)
+STRATEGIES = [s for s in list_fusions() if hasattr(_FUSIONS.get(s), "init_passthrough")]
 
 
 def _randomise_norms(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -215,3 +217,27 @@ def test_training_from_the_warm_start_runs_and_a_resume_keeps_its_settings(photo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(f"error: --init-photo {other}: its backbone is mobilefacenet")
+
+
+def test_a_fusion_without_a_pass_through_is_left_as_it_was_and_the_report_says_so(photo):
+    """A plugin strategy that defines no init_passthrough still warm-starts its photo stream; its fusion and
+    classifier keep their initialisation, and the report names the strategy."""
+    from torch import nn
+
+    _, path = photo
+
+    class SumOnly(nn.Module):
+        def __init__(self, channels: int, spatial: int, **_):
+            super().__init__()
+            self.out_features = channels
+
+        def forward(self, photo_map, render_map):
+            return (photo_map + render_map).mean(dim=(2, 3))
+
+    if "no_passthrough_test" not in list_fusions():  # registered once per session
+        networks.register_fusion("no_passthrough_test")(SumOnly)
+    model = networks.create_model("if3d_no_passthrough_test", num_classes=7, num_heads=2, backbone=TINY_BACKBONE)
+    before = {k: v.clone() for k, v in model.classifier.state_dict().items()}
+    report = warm_start(model, path, class_names=CLASS_NAMES_7)
+    assert any("SumOnly has no init_passthrough" in note for note in report.notes)
+    assert all(torch.equal(before[k], v) for k, v in model.classifier.state_dict().items())
